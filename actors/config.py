@@ -1,0 +1,83 @@
+"""Typed configuration: YAML (OmegaConf) merged with ``key=value`` overrides, validated into dataclasses.
+
+Every configurable part of vrseg declares a dataclass schema. ``load_config`` builds the schema's
+defaults, merges the YAML file and the command-line overrides on top, and returns an instance of the
+schema. Unknown or misspelled keys and values of the wrong type are errors that name the key and the
+file (or "command line"), raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the key and its source."""
+
+
+def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except ConfigKeyError as exc:
+        raise ConfigError(f"{source}: unknown key '{exc.full_key}' ({exc.msg.splitlines()[0]})") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid value for '{exc.full_key}': {exc.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Return ``schema`` filled from ``path`` (YAML) and ``overrides`` (``a.b=value`` strings).
+
+    Raises ``ConfigError`` naming the offending key and its source for unknown keys, wrong types,
+    unreadable files and malformed overrides; ``__post_init__`` checks of the schema run last and
+    their ``ValueError`` is re-raised as ``ConfigError`` naming the source.
+    """
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"config schema must be a dataclass, got {schema!r}")
+    merged = OmegaConf.structured(schema)
+    sources = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        merged = _merge(merged, layer, str(path))
+        sources.append(str(path))
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        try:
+            layer = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command line: {exc}") from None
+        merged = _merge(merged, layer, "command line")
+        sources.append("command line")
+    try:
+        missing = OmegaConf.missing_keys(merged)
+        if missing:
+            raise ConfigError(f"{' + '.join(sources) or schema.__name__}: required keys not set: {sorted(missing)}")
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{' + '.join(sources) or schema.__name__}: {exc}") from None
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """A JSON-serialisable dict of a config dataclass (for run records)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]

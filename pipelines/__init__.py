@@ -1,0 +1,1 @@
+"""How data flows: Ray Data and Ray Train programs, formats, metrics and reports."""

@@ -1,0 +1,1 @@
+"""Dataset readers/writers into one internal model (see `pipelines.formats.model`)."""
