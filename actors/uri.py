@@ -17,6 +17,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 _SECRET_KEYS = ("secret", "password", "token", "key_id", "access_key")
+_SECRET_NAMES = ("key", "anon_key")
 
 
 def protocol_of(uri: str) -> str:
@@ -69,11 +70,16 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(s in lowered for s in _SECRET_KEYS)
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` (nested dicts/lists/strings) with credentials replaced by ``***``."""
     if isinstance(value, Mapping):
         return {
-            k: ("***" if any(s in str(k).lower() for s in _SECRET_KEYS) and k != "endpoint_url" else redact(v))
+            k: ("***" if _is_secret_name(str(k)) else redact(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
