@@ -35,6 +35,10 @@ class Expression:
     ``obj_ids`` are the annotation ids whose union is the target (empty: no target in the video).
     ``kind`` is a free tag for subsets (synthetic kinds, "referring"/"reasoning", ...);
     ``type_id`` is ReVOS' 0 = referring, 1 = reasoning.
+    ``slot`` is Ref-DAVIS17's annotator slot of the object's four expressions (0 = annotator 1
+    first-frame, 1 = annotator 1 full-video, 2 = annotator 2 first-frame, 3 = annotator 2 full-video).
+    ``annotated_frames`` lists the frame indices with ground truth for this expression where that
+    differs per expression (ReasonVOS); None defers to the video's ``annotated_frames``.
     """
 
     expr_id: str
@@ -42,6 +46,8 @@ class Expression:
     obj_ids: tuple[str, ...] = ()
     kind: str | None = None
     type_id: int | None = None
+    slot: int | None = None
+    annotated_frames: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class VideoRecord:
     ``frames_uri`` is the folder holding ``<frame_name>.jpg``; ``video_uri`` an encoded video if any.
     ``annotated_frames`` lists the frame indices that carry ground truth where that is not every frame
     (Ref-YouTube-VOS every 5th frame, ReasonVOS); None means every frame.
+    ``foreground`` is the union of all annotated objects per frame where a dataset ships it (ReVOS'
+    ``mask_dict_foreground.json``, used by its robustness score).
     """
 
     video_id: str
@@ -110,10 +118,19 @@ class VideoRecord:
     video_uri: str | None = None
     fps: float | None = None
     annotated_frames: list[int] | None = None
+    foreground: MaskTrack | None = None
 
     @property
     def num_frames(self) -> int:
         return len(self.frame_names)
+
+    def scored_frames(self, expression: Expression) -> list[int]:
+        """Frame indices with ground truth for ``expression``: its own list, else the video's, else all."""
+        if expression.annotated_frames is not None:
+            return list(expression.annotated_frames)
+        if self.annotated_frames is not None:
+            return list(self.annotated_frames)
+        return list(range(self.num_frames))
 
     def target_mask(self, expression: Expression, frame_idx: int) -> np.ndarray:
         """Union of the expression's object masks at ``frame_idx`` (absent objects are empty)."""
