@@ -1,0 +1,355 @@
+"""A SAM2 video session over in-memory frames or a frame source, many objects at once, bounded memory.
+
+``Sam2VideoSession`` drives the package's ``SAM2Base`` (``_track_step``, ``_encode_new_memory``) with its
+own bookkeeping instead of ``SAM2VideoPredictor``'s, for three reasons:
+
+1. Frames come from a callable (``frame_idx -> (H, W, 3) uint8``) or a sequence and are fetched when a
+   frame is visited; only the last visited frame's image features are cached.
+2. Memory does not grow with the video. SAM2's memory attention reads, for each object, its conditioning
+   (seed) frames, the last ``num_maskmem - 1`` tracked frames and object pointers of up to
+   ``max_obj_ptrs_in_encoder - 1`` tracked frames around the current one. The session keeps, per object,
+   the seeds and the tracked frames within that reach of the propagation front or of a seed (the latter so
+   that a backward pass started at a seed after a forward pass reads what the stock predictor would read).
+   Everything else is dropped; per-frame outputs are yielded to the caller, never stored.
+3. Objects are batched. All objects tracked on a frame share one image-encoder pass, and objects whose
+   memory has the same layout (same seed frames, same tracked frames within reach; the usual case when
+   they are seeded on the same frame) run memory attention, mask decoder and memory encoder as one batch.
+
+The tracking score S^t (MomentSeg Eq. 8) is ``object_scores = sigmoid(object_score_logits)``, SAM2's
+occlusion head: the probability that the object is visible in the frame. The predicted IoU of the tracked
+mask is reported alongside (``ious``) for callers that prefer it.
+
+Matching the stock ``SAM2VideoPredictor``: seeds are encoded exactly as ``add_new_mask`` followed by
+``propagate_in_video`` encodes them (mask resized to the model's input size, used as output, memory
+encoded from the low-resolution mask, binarised), memory features are stored in bfloat16 as the stock
+predictor stores them, and masks are returned at frame resolution by bilinear upsampling of the
+low-resolution logits. Unlike the stock predictor, ``add_mask`` always adds a *conditioning* frame, also on
+a frame that was already tracked (the stock default turns such corrections into non-conditioning frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from actors.model.sam2_bridge import ImageFeatures, Sam2Bridge
+
+FrameSource = Callable[[int], np.ndarray]
+
+
+@dataclass
+class FrameResult:
+    """One frame's output for the objects tracked on it (in session order).
+
+    ``mask_logits`` (N, H, W) float32 at frame resolution; ``object_scores`` (N,) the tracking score S^t;
+    ``ious`` (N,) predicted IoU; ``is_seed`` tells which objects' outputs are their seed masks.
+    """
+
+    frame_idx: int
+    obj_ids: list[Hashable]
+    mask_logits: torch.Tensor
+    object_scores: torch.Tensor
+    ious: torch.Tensor
+    is_seed: list[bool]
+
+
+@dataclass
+class _Memory:
+    """What SAM2's memory attention reads from one frame of one object."""
+
+    maskmem_features: torch.Tensor  # (1, mem_dim, h, w) bfloat16
+    obj_ptr: torch.Tensor  # (1, hidden_dim)
+
+
+@dataclass
+class _Seed(_Memory):
+    """A conditioning frame, with the output that is returned when propagation passes it."""
+
+    low_res_logits: torch.Tensor  # (1, 1, S/4, S/4)
+    object_score_logit: float
+    iou: float
+
+
+@dataclass
+class _ObjectState:
+    seeds: dict[int, _Seed] = field(default_factory=dict)
+    tracked: dict[int, _Memory] = field(default_factory=dict)
+
+
+class Sam2VideoSession:
+    """Seed objects with masks, propagate them forward or backward, clear their memory.
+
+    ``frames`` is a sequence of (H, W, 3) uint8 frames (or a (T, H, W, 3) array) or a callable
+    ``frame_idx -> frame`` together with ``num_frames``. The model must be in eval mode.
+    """
+
+    def __init__(
+        self, bridge: Sam2Bridge, frames: FrameSource | Sequence[np.ndarray] | np.ndarray, num_frames: int | None = None
+    ) -> None:
+        if callable(frames):
+            if num_frames is None:
+                raise ValueError("num_frames is required when frames is a frame source callable")
+            self._source: FrameSource = frames
+        else:
+            if num_frames is not None and num_frames != len(frames):
+                raise ValueError(f"num_frames={num_frames} but {len(frames)} frames were given")
+            num_frames = len(frames)
+            self._source = frames.__getitem__
+        if num_frames <= 0:
+            raise ValueError(f"a video session needs at least one frame, got num_frames={num_frames}")
+        self.bridge = bridge
+        self.sam = bridge.sam
+        self.num_frames = num_frames
+        self.frame_size: tuple[int, int] | None = None
+        self._objects: dict[Hashable, _ObjectState] = {}
+        self._cached: tuple[int, ImageFeatures] | None = None
+        self._maskmem_pos_enc: list[torch.Tensor] | None = None
+        sam = self.sam
+        ptr_reach = min(num_frames, sam.max_obj_ptrs_in_encoder) - 1 if sam.use_obj_ptrs_in_encoder else 0
+        mask_reach = (sam.num_maskmem - 1) * sam.memory_temporal_stride_for_eval + 1
+        self._reach = max(ptr_reach, mask_reach)
+
+    @property
+    def obj_ids(self) -> list[Hashable]:
+        return list(self._objects)
+
+    def memory_frames(self, obj_id: Hashable) -> tuple[list[int], list[int]]:
+        """(seed frames, tracked frames) whose memory the session holds for ``obj_id``."""
+        state = self._state(obj_id)
+        return sorted(state.seeds), sorted(state.tracked)
+
+    def _state(self, obj_id: Hashable) -> _ObjectState:
+        if obj_id not in self._objects:
+            raise KeyError(f"unknown object {obj_id!r}; known objects: {self.obj_ids}")
+        return self._objects[obj_id]
+
+    def _check_frame_idx(self, frame_idx: int, name: str = "frame_idx") -> None:
+        if not 0 <= frame_idx < self.num_frames:
+            raise IndexError(f"{name}={frame_idx} is outside the video's {self.num_frames} frames")
+
+    def _check_eval(self) -> None:
+        if self.sam.training:
+            raise RuntimeError("Sam2VideoSession needs the SAM2 model in eval mode (call .eval())")
+
+    @torch.inference_mode()
+    def image_features(self, frame_idx: int) -> ImageFeatures:
+        """Image features of one frame (batch of one); the last visited frame's features are cached."""
+        self._check_frame_idx(frame_idx)
+        if self._cached is not None and self._cached[0] == frame_idx:
+            return self._cached[1]
+        frame = np.asarray(self._source(frame_idx))
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame_idx}: expected (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+        if self.frame_size is None:
+            self.frame_size = frame.shape[:2]
+        elif frame.shape[:2] != self.frame_size:
+            raise ValueError(f"frame {frame_idx}: size {frame.shape[:2]} differs from the video's {self.frame_size}")
+        features = self.bridge.encode_images(frame[None])
+        self._cached = (frame_idx, features)
+        return features
+
+    @torch.inference_mode()
+    def add_mask(self, obj_id: Hashable, frame_idx: int, mask: np.ndarray | torch.Tensor) -> None:
+        """Seed ``obj_id`` (new or known) with an (H, W) mask at ``frame_idx`` as a conditioning frame.
+
+        Replaces any earlier seed or tracked memory of that object on that frame.
+        """
+        self._check_eval()
+        self._check_frame_idx(frame_idx)
+        features = self.image_features(frame_idx)
+        mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if tuple(mask.shape) != tuple(self.frame_size):
+            raise ValueError(
+                f"mask for object {obj_id!r} at frame {frame_idx} has shape {tuple(mask.shape)}, "
+                f"the video's frames are {tuple(self.frame_size)}"
+            )
+        size = self.sam.image_size
+        mask_inputs = mask.to(torch.bool).float()[None, None]
+        if tuple(mask.shape) != (size, size):
+            mask_inputs = F.interpolate(
+                mask_inputs, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
+            mask_inputs = (mask_inputs >= 0.5).float()
+        _, sam_outputs, _, _ = self.sam._track_step(
+            frame_idx=frame_idx,
+            is_init_cond_frame=True,
+            current_vision_feats=features.vision_feats,
+            current_vision_pos_embeds=features.vision_pos,
+            feat_sizes=features.feat_sizes,
+            point_inputs=None,
+            mask_inputs=mask_inputs,
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+            num_frames=self.num_frames,
+            track_in_reverse=False,
+            prev_sam_mask_logits=None,
+        )
+        _, _, ious, low_res, _, obj_ptr, object_score_logits = sam_outputs
+        # As the stock predictor's preflight: memory from the low-res mask upsampled, binarised.
+        high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        maskmem = self._encode_memory(features, high_res, object_score_logits, is_mask_from_pts=True)
+        state = self._objects.setdefault(obj_id, _ObjectState())
+        state.seeds[frame_idx] = _Seed(
+            maskmem_features=maskmem,
+            obj_ptr=obj_ptr,
+            low_res_logits=low_res,
+            object_score_logit=float(object_score_logits.flatten()[0]),
+            iou=float(ious.max()),
+        )
+        state.tracked.pop(frame_idx, None)
+
+    def clear(self, obj_id: Hashable, keep_seeds: bool = True) -> None:
+        """Drop ``obj_id``'s tracked memory; with ``keep_seeds=False`` its seeds too (re-seed before tracking)."""
+        state = self._state(obj_id)
+        state.tracked.clear()
+        if not keep_seeds:
+            state.seeds.clear()
+
+    def remove(self, obj_id: Hashable) -> None:
+        """Forget ``obj_id`` entirely."""
+        self._state(obj_id)
+        del self._objects[obj_id]
+
+    def _encode_memory(
+        self,
+        features: ImageFeatures,
+        high_res_masks: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        is_mask_from_pts: bool,
+    ) -> torch.Tensor:
+        """SAM2's memory encoder on (B, 1, S, S) mask logits; returns bfloat16 (B, mem_dim, h, w) features."""
+        features = features.expand(high_res_masks.shape[0])
+        maskmem, pos_enc = self.sam._encode_new_memory(
+            current_vision_feats=features.vision_feats,
+            feat_sizes=features.feat_sizes,
+            pred_masks_high_res=high_res_masks,
+            object_score_logits=object_score_logits,
+            is_mask_from_pts=is_mask_from_pts,
+        )
+        if self._maskmem_pos_enc is None:  # the same for every frame and object: keep one copy
+            self._maskmem_pos_enc = [p[:1].clone() for p in pos_enc]
+        return maskmem.to(torch.bfloat16)
+
+    def _memory_view(self, states: list[_ObjectState], tracked_frames: list[int]) -> dict:
+        """A batched SAM2 ``output_dict`` for objects whose memory has the same layout."""
+        batch = len(states)
+        pos_enc = [p.expand(batch, -1, -1, -1) for p in self._maskmem_pos_enc]
+
+        def stacked(entries: list[_Memory]) -> dict:
+            return {
+                "maskmem_features": torch.cat([e.maskmem_features for e in entries]),
+                "maskmem_pos_enc": pos_enc,
+                "obj_ptr": torch.cat([e.obj_ptr for e in entries]),
+            }
+
+        return {
+            "cond_frame_outputs": {t: stacked([s.seeds[t] for s in states]) for t in states[0].seeds},
+            "non_cond_frame_outputs": {t: stacked([s.tracked[t] for s in states]) for t in tracked_frames},
+        }
+
+    def _track(
+        self, frame_idx: int, states: list[_ObjectState], tracked_frames: list[int], reverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Track a batch of same-layout objects on one frame; stores their memory, returns
+        (low-res logits (B, 1, S/4, S/4), object score logits (B,), ious (B,))."""
+        batch = len(states)
+        features = self.image_features(frame_idx).expand(batch)
+        _, sam_outputs, _, _ = self.sam._track_step(
+            frame_idx=frame_idx,
+            is_init_cond_frame=False,
+            current_vision_feats=features.vision_feats,
+            current_vision_pos_embeds=features.vision_pos,
+            feat_sizes=features.feat_sizes,
+            point_inputs=None,
+            mask_inputs=None,
+            output_dict=self._memory_view(states, tracked_frames),
+            num_frames=self.num_frames,
+            track_in_reverse=reverse,
+            prev_sam_mask_logits=None,
+        )
+        _, _, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
+        maskmem = self._encode_memory(features, high_res, object_score_logits, is_mask_from_pts=False)
+        for i, state in enumerate(states):
+            state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1], obj_ptr=obj_ptr[i : i + 1])
+        return low_res, object_score_logits[:, 0], ious.max(dim=-1).values
+
+    def _prune(self, state: _ObjectState, front: int) -> None:
+        """Keep tracked memory within reach of the propagation front or of a seed."""
+        anchors = [front, *state.seeds]
+        state.tracked = {
+            t: m for t, m in state.tracked.items() if any(abs(t - a) <= self._reach for a in anchors)
+        }
+
+    @torch.inference_mode()
+    def propagate(
+        self,
+        start: int,
+        end: int | None = None,
+        reverse: bool = False,
+        object_starts: Mapping[Hashable, int] | None = None,
+    ) -> Iterator[FrameResult]:
+        """Yield one ``FrameResult`` per frame from ``start`` to ``end`` (inclusive; backward if ``reverse``).
+
+        ``end`` defaults to the last frame (forward) or frame 0 (backward). ``object_starts`` maps the
+        objects to track to the frame where each joins the pass (default: every seeded object joins at
+        ``start``); frames on which no object is tracked yet are skipped without being fetched. On a frame
+        where an object has a seed, its seed mask is returned; elsewhere it is tracked from its memory.
+        Between two frames the caller may ``add_mask`` / ``clear`` (BAP's update); the next frame sees it.
+        """
+        self._check_eval()
+        end = (0 if reverse else self.num_frames - 1) if end is None else end
+        self._check_frame_idx(start, "start")
+        self._check_frame_idx(end, "end")
+        if (end < start) != reverse and end != start:
+            raise ValueError(f"end={end} lies {'after' if reverse else 'before'} start={start} for this direction")
+        if object_starts is None:
+            object_starts = {obj_id: start for obj_id, state in self._objects.items() if state.seeds}
+        joins: dict[Hashable, int] = {}
+        for obj_id in self._objects:  # session order
+            if obj_id in object_starts:
+                self._check_frame_idx(object_starts[obj_id], f"object_starts[{obj_id!r}]")
+                joins[obj_id] = object_starts[obj_id]
+        for obj_id in object_starts:
+            self._state(obj_id)
+        step = -1 if reverse else 1
+        for frame_idx in range(start, end + step, step):
+            active = [o for o, j in joins.items() if (j >= frame_idx if reverse else j <= frame_idx)]
+            if active:
+                yield self._propagate_frame(frame_idx, active, reverse)
+
+    def _propagate_frame(self, frame_idx: int, active: list[Hashable], reverse: bool) -> FrameResult:
+        # per object: (low-res logits (1, 1, S/4, S/4), object score logit, predicted IoU)
+        outputs: dict[Hashable, tuple[torch.Tensor, float, float]] = {}
+        groups: dict[tuple, list[Hashable]] = {}
+        for obj_id in active:
+            state = self._objects[obj_id]
+            if not state.seeds:
+                raise RuntimeError(f"object {obj_id!r} has no seed mask; call add_mask before tracking it")
+            seed = state.seeds.get(frame_idx)
+            if seed is not None:
+                outputs[obj_id] = (seed.low_res_logits, seed.object_score_logit, seed.iou)
+                continue
+            near = tuple(sorted(t for t in state.tracked if abs(t - frame_idx) <= self._reach))
+            groups.setdefault((tuple(sorted(state.seeds)), near), []).append(obj_id)
+        for (_, near), members in groups.items():
+            low_res, score_logits, ious = self._track(
+                frame_idx, [self._objects[o] for o in members], list(near), reverse
+            )
+            for i, obj_id in enumerate(members):
+                outputs[obj_id] = (low_res[i : i + 1], float(score_logits[i]), float(ious[i]))
+        for obj_id in active:
+            self._prune(self._objects[obj_id], frame_idx)
+        masks = F.interpolate(
+            torch.cat([outputs[o][0] for o in active]), size=self.frame_size, mode="bilinear", align_corners=False
+        )
+        return FrameResult(
+            frame_idx=frame_idx,
+            obj_ids=list(active),
+            mask_logits=masks[:, 0],
+            object_scores=torch.sigmoid(torch.tensor([outputs[o][1] for o in active])),
+            ious=torch.tensor([outputs[o][2] for o in active]),
+            is_seed=[frame_idx in self._objects[o].seeds for o in active],
+        )
