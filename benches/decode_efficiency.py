@@ -1,0 +1,148 @@
+"""P3: decode work and decode throughput of one labeling job's access pattern (issue 4, benchmarks).
+
+The access pattern of one video job: the low-resolution uniform set (temporal tokens), the
+high-resolution key frames (random access), then SAM2 frames streamed forward from the anchor to the
+end and backward from the frame before the anchor to the start, in bounded chunks.
+
+Figures, for a video encoded with short and with x264-default (250) keyframe intervals:
+- codec frames decoded per frame of video (``DecodeCounters.codec_per_frame``; target <= 2) and the
+  most times a single frame was decoded / delivered;
+- decode throughput of ``VideoDecoder`` vs bare decord fetching the same frames at the same sizes in
+  the same chunks (one ``VideoReader`` per size, ``get_batch`` per request, backward chunks as plain
+  ranges). ``ratio`` = bare time / VideoDecoder time (target >= 0.8), on the short-GOP video.
+  Times are the process's CPU time (decord's threads included), best of ``--repeats``: wall time on a
+  shared 2-core machine varies several-fold with other work, CPU time much less.
+
+Usage: ``python benches/decode_efficiency.py [--frames 600] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+
+from actors.decode import DecoderConfig, VideoDecoder, uniform_indices
+
+HEIGHT, WIDTH = 360, 640
+LOW_RES, LOW_COUNT = (112, 196), 32
+KEY_RES, KEY_COUNT = (336, 588), 8
+SAM_RES, CHUNK = (256, 256), 32
+
+
+def encode(path: Path, num_frames: int, keyint: int) -> Path:
+    """Moving discs over a gradient, H.264 yuv420p with a keyframe every ``keyint`` frames."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    background = np.stack([xx * 255 // WIDTH, yy * 255 // HEIGHT, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25), options={"crf": "23", "preset": "veryfast",
+                                                                             "sc_threshold": "0"})
+        stream.height, stream.width, stream.pix_fmt = HEIGHT, WIDTH, "yuv420p"
+        stream.codec_context.gop_size = keyint
+        for t in range(num_frames):
+            frame = background.copy()
+            for k, color in enumerate(((230, 40, 40), (40, 220, 60), (250, 250, 250))):
+                cx = int(WIDTH / 2 + (WIDTH / 3) * np.sin(0.03 * t + 2 * k))
+                cy = int(HEIGHT / 2 + (HEIGHT / 3) * np.cos(0.045 * t + k))
+                frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (25 + 8 * k) ** 2] = color
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def job_plan(num_frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Uniform low-res indices, K sorted key frames (spread like a sampler's output), the anchor."""
+    rng = np.random.default_rng(seed)
+    keys = np.sort(rng.choice(num_frames, KEY_COUNT, replace=False))
+    anchor = int(keys[KEY_COUNT // 2])
+    return uniform_indices(num_frames, LOW_COUNT), keys, anchor
+
+
+def run_decoder(path: Path, plan: tuple[np.ndarray, np.ndarray, int]) -> tuple[float, dict, int]:
+    low, keys, anchor = plan
+    start = time.process_time()
+    checksum = 0
+    with VideoDecoder(str(path), config=DecoderConfig()) as decoder:
+        checksum += int(decoder.get(low, LOW_RES)[:, 0, 0, 0].sum())
+        checksum += int(decoder.get(keys, KEY_RES)[:, 0, 0, 0].sum())
+        for chunk in decoder.stream(anchor, "forward", SAM_RES, CHUNK):
+            checksum += int(chunk.frames[:, 0, 0, 0].sum())
+        if anchor > 0:
+            for chunk in decoder.stream(anchor - 1, "backward", SAM_RES, CHUNK):
+                checksum += int(chunk.frames[:, 0, 0, 0].sum())
+        summary = decoder.counters.summary()
+    return time.process_time() - start, summary, checksum
+
+
+def run_bare(path: Path, plan: tuple[np.ndarray, np.ndarray, int]) -> tuple[float, int]:
+    low, keys, anchor = plan
+    start = time.process_time()
+    checksum = 0
+    reader = decord.VideoReader(str(path), width=LOW_RES[1], height=LOW_RES[0])
+    num_frames = len(reader)
+    checksum += int(reader.get_batch(low.tolist()).asnumpy()[:, 0, 0, 0].sum())
+    reader = decord.VideoReader(str(path), width=KEY_RES[1], height=KEY_RES[0])
+    checksum += int(reader.get_batch(keys.tolist()).asnumpy()[:, 0, 0, 0].sum())
+    reader = decord.VideoReader(str(path), width=SAM_RES[1], height=SAM_RES[0])
+    for low_index in range(anchor, num_frames, CHUNK):
+        batch = reader.get_batch(list(range(low_index, min(low_index + CHUNK, num_frames)))).asnumpy()
+        checksum += int(batch[:, 0, 0, 0].sum())
+    for high in range(anchor, 0, -CHUNK):
+        batch = reader.get_batch(list(range(max(0, high - CHUNK), high))).asnumpy()[::-1]
+        checksum += int(batch[:, 0, 0, 0].sum())
+    return time.process_time() - start, checksum
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="vrseg-bench-") as tmp:
+        for keyint in (30, 250):
+            path = encode(Path(tmp) / f"gop{keyint}.mp4", args.frames, keyint)
+            plan = job_plan(args.frames)
+            ours, bare = [], []
+            for _ in range(args.repeats):  # alternate to share any drift in machine load
+                seconds, summary, ours_sum = run_decoder(path, plan)
+                ours.append(seconds)
+                seconds, bare_sum = run_bare(path, plan)
+                bare.append(seconds)
+                if ours_sum != bare_sum:
+                    raise SystemExit(f"frames differ between VideoDecoder and bare decord (gop {keyint})")
+            results[f"gop{keyint}"] = {
+                **summary,
+                "decoder_s": min(ours),
+                "bare_decord_s": min(bare),
+                "throughput_ratio": min(bare) / min(ours),
+                "anchor": plan[2],
+            }
+            print(f"keyint {keyint}: {json.dumps(results[f'gop{keyint}'])}")
+    short = results["gop30"]
+    print(
+        f"codec frames per video frame: {short['codec_per_frame']:.2f} (keyint 30), "
+        f"{results['gop250']['codec_per_frame']:.2f} (keyint 250); target <= 2"
+    )
+    print(f"throughput vs bare decord: {short['throughput_ratio']:.2f}x (keyint 30), "
+          f"{results['gop250']['throughput_ratio']:.2f}x (keyint 250); target >= 0.8")
+    print("RESULT " + json.dumps({
+        "ratio": round(short["throughput_ratio"], 3),
+        "codec_per_frame": round(short["codec_per_frame"], 3),
+        "codec_per_frame_gop250": round(results["gop250"]["codec_per_frame"], 3),
+        "throughput_ratio_gop250": round(results["gop250"]["throughput_ratio"], 3),
+        "max_codec_per_frame": short["max_codec_per_frame"],
+        "max_delivered_per_frame": short["max_delivered_per_frame"],
+        "frames": args.frames,
+    }))
+
+
+if __name__ == "__main__":
+    main()
