@@ -1,0 +1,159 @@
+"""Projection heads on the MLLM hidden states: ``[SEG]`` -> SAM2 prompt, ``[FIND]`` -> frame relevance,
+VRS-HQ temporal dynamic aggregation, and the DeSa2VA decoupler (text/visual prompts, GRL discriminators, CLUB).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+def seg_projection(hidden_size: int, prompt_dim: int) -> nn.Sequential:
+    """``[SEG]`` projection Linear(H, H) -> ReLU -> Linear(H, prompt_dim), laid out as Sa2VA's ``text_hidden_fcs``
+    (parameters ``0.*`` and ``2.*``) so Sa2VA weights load key for key."""
+    return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, prompt_dim))
+
+
+class FindHead(nn.Module):
+    """MomentSeg Eq. 5 similarity: one MLP maps the ``[FIND]`` states and the temporal-token states to a shared
+    space; temporal tokens are projected *then* average-pooled per temporal index (the paper's order:
+    "projected into a feature space using an MLP layer and subsequently average-pooled"); the relevance of
+    temporal index j for [FIND] i is cos(T^f_i, T^v_j) / tau.
+    """
+
+    def __init__(self, hidden_size: int, find_dim: int, tau: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, find_dim)
+        )
+        self.tau = tau
+
+    def forward(self, find_states: torch.Tensor, frame_token_states: torch.Tensor) -> torch.Tensor:
+        """find_states (E, H), frame_token_states (L_t, n, H) with n tokens per temporal index -> (E, L_t)."""
+        find = F.normalize(self.mlp(find_states), dim=-1)  # (E, C)
+        frames = F.normalize(self.mlp(frame_token_states).mean(dim=1), dim=-1)  # (L_t, C)
+        return find @ frames.T / self.tau
+
+
+def interpolate_to_frames(
+    temporal_scores: torch.Tensor, num_frames: int, temporal_patch_size: int
+) -> torch.Tensor:
+    """(E, L_t) scores over temporal tokens -> (E, num_frames) scores over the input frames.
+
+    Each temporal token covers ``temporal_patch_size`` consecutive input frames (the Qwen2.5-VL video
+    processor pads the last group by repeating the last frame). Scores are linearly interpolated with
+    ``align_corners=False`` so a token's score sits at the centre of its frames (MomentSeg: "bilinear
+    interpolation ... to ensure alignment with the original input length"), then the padded frames are dropped.
+    """
+    padded = temporal_scores.shape[-1] * temporal_patch_size
+    if padded < num_frames:
+        raise ValueError(f"{temporal_scores.shape[-1]} temporal tokens cannot cover {num_frames} frames")
+    stretched = F.interpolate(temporal_scores[:, None, :], size=padded, mode="linear", align_corners=False)
+    return stretched[:, 0, :num_frames]
+
+
+def temporal_dynamic_aggregation(
+    frame_tokens: torch.Tensor, tak: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VRS-HQ Eq. 2: fused = <TAK> + alpha * sum_i softmax_i(cos(<SEG>_i, <TAK>)) * <SEG>_i.
+
+    frame_tokens (E, N, D), tak (E, D) -> fused (E, D) and the per-frame similarities cos(<SEG>_i, <TAK>)
+    (E, N) that token-driven keyframe selection (TKS) reuses. Applied to the projected prompts (the space
+    SAM2 reads), a choice the paper leaves open.
+    """
+    similarity = F.cosine_similarity(frame_tokens, tak[:, None, :], dim=-1)  # (E, N)
+    weights = similarity.softmax(dim=-1)
+    fused = tak + alpha * (weights[..., None] * frame_tokens).sum(dim=1)
+    return fused, similarity
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return -ctx.scale * grad, None
+
+
+def gradient_reversal(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``-scale`` backward (Ganin & Lempitsky 2015)."""
+    return _GradientReversal.apply(x, scale)
+
+
+class CLUB(nn.Module):
+    """CLUB mutual-information upper bound (Cheng et al. 2020) between x (B, D) and y (B, D).
+
+    q(y|x) = N(mu(x), exp(logvar(x))). ``upper_bound`` = E_p(x,y)[log q(y|x)] - E_p(x)p(y)[log q(y|x)]
+    over all pairs of the batch, evaluated with q's parameters detached (the model is pushed to lower it,
+    q is not); ``likelihood_loss`` = -E[log q(y|x)] on detached x, y trains q alone. A batch of one gives 0.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mu = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.logvar = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.Tanh())
+
+    def _gaussian(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if params is None:
+            return self.mu(x), self.logvar(x)
+        mu = functional_call(self.mu, {k[3:]: v for k, v in params.items() if k.startswith("mu.")}, (x,))
+        logvar = functional_call(
+            self.logvar, {k[7:]: v for k, v in params.items() if k.startswith("logvar.")}, (x,)
+        )
+        return mu, logvar
+
+    def upper_bound(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        frozen = {name: p.detach() for name, p in self.named_parameters()}
+        mu, logvar = self._gaussian(x, frozen)  # (B, D)
+        positive = -((mu - y) ** 2) / logvar.exp()  # (B, D)
+        negative = -((mu[:, None, :] - y[None, :, :]) ** 2).mean(dim=1) / logvar.exp()  # (B, D)
+        return (positive.sum(-1) - negative.sum(-1)).mean() / 2.0
+
+    def likelihood_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self._gaussian(x.detach(), None)
+        return (((mu - y.detach()) ** 2) / logvar.exp() + logvar).sum(-1).mean() / 2.0
+
+
+class Decoupler(nn.Module):
+    """DeSa2VA 3.2: two linear projections of the ``[SEG]`` hidden state into a text prompt and a visual prompt.
+
+    Adversaries (behind a gradient-reversal layer) try to recover the *other* modality from each prompt:
+    ``visual_adversary`` predicts the pooled key-frame token states from the text prompt and
+    ``text_adversary`` predicts the pooled expression embedding from the visual prompt. The adversaries
+    minimise their error; through the reversal the projections maximise it, which strips visual content
+    from the text prompt and textual content from the visual prompt. (The paper's summary gives no exact
+    discriminator targets; this regression form is our choice and works with any batch size.) ``club``
+    bounds the mutual information between the two prompts.
+    """
+
+    def __init__(self, hidden_size: int, prompt_dim: int, grl_scale: float, club_hidden: int) -> None:
+        super().__init__()
+        self.text_proj = nn.Linear(hidden_size, prompt_dim)
+        self.visual_proj = nn.Linear(hidden_size, prompt_dim)
+        self.text_adversary = nn.Sequential(
+            nn.Linear(prompt_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.visual_adversary = nn.Sequential(
+            nn.Linear(prompt_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.club = CLUB(prompt_dim, club_hidden)
+        self.grl_scale = grl_scale
+
+    def forward(self, seg_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """seg_states (E, H) -> text prompts (E, D), visual prompts (E, D)."""
+        return self.text_proj(seg_states), self.visual_proj(seg_states)
+
+    def adversary_predictions(
+        self, text_prompts: torch.Tensor, visual_prompts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text recovered from the visual prompt, visual recovered from the text prompt), both (E, H)."""
+        text_from_visual = self.text_adversary(gradient_reversal(visual_prompts, self.grl_scale))
+        visual_from_text = self.visual_adversary(gradient_reversal(text_prompts, self.grl_scale))
+        return text_from_visual, visual_from_text
