@@ -1,0 +1,468 @@
+"""Label one video with all of its expressions: [FIND] -> sampling -> [SEG] -> key-frame masks -> BAP.
+
+``VideoLabeler.label`` is what a labeling actor runs per video (ARCHITECTURE "One video through the
+labeling pipeline", steps 2-6). Work is shared across the expressions of the video:
+
+- the low-resolution frames for temporal tokens are decoded once, and ``SegMLLM.moment_scores`` computes
+  the video prefix once for every expression (MomentSeg 3.2.1);
+- the union of all expressions' key frames is decoded once, by random access, at the larger of the
+  MLLM's key-frame size and SAM2's input size, and resized for each consumer (no second decode);
+- expressions with the same key frames share one ``seg_prompts`` call (one visual prefix);
+- each key frame's SAM2 image features are computed once and decoded with the prompts of every
+  expression that sampled it;
+- all expressions are objects of one ``Sam2VideoSession``: the forward pass streams frames from the
+  earliest anchor to the end, the backward pass from the latest anchor to the start, each frame's image
+  features computed once per pass for all objects (ARCHITECTURE step 6).
+
+Choices where the papers leave room (MomentSeg 3.2.1-3.2.3, VRS-HQ, DeSa2VA):
+
+- The [FIND] curve over the L low-res frames is interpolated linearly over frame positions to all T
+  frames (the paper interpolates the temporal-token similarities "bilinearly" to the input length; the
+  model already interpolates temporal tokens -> L frames, we continue it L -> T), constant beyond the
+  first/last sampled frame.
+- The key-frame prediction confidence S^p of Eq. 8 is sigmoid(SAM2 object-score logit) of the mask
+  decoded from ``[SEG]`` on that key frame, the same scale as the tracking score S^t
+  (sigmoid of the tracked object-score logit, see ``Sam2VideoSession``).
+- The anchor's frame and every re-seeded key frame output the key-frame mask decoded from the prompt; the
+  per-frame score written there is its S^p.
+- Decoupled prompts (DeSa2VA): the text- and visual-prompt masks are fused by averaging their logits;
+  mask re-prompt feeds the first decoded low-res logits back once as SAM2's dense prompt.
+- TKS (VRS-HQ): the uniform candidates are decoded with the fused ``<TAK>`` prompt; the keyframe with the
+  best ``tks_scores`` becomes the anchor (needs ``mllm.tda.enabled``).
+- SAM2 frames are fed at SAM2's square input size (what its preprocessing resizes to anyway); masks are
+  upsampled bilinearly (logits) to the video's resolution and thresholded at ``mask_threshold``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from actors import rle as rle_codec
+from actors.bap import BACKWARD, FORWARD, ClearAndReseed, Condition, PropagationConfig, PropagationPolicy
+from actors.decode import FrameChunk, FrameSource, fit_within
+from actors.model.sam2_bridge import ImageFeatures, MaskPrediction, Sam2Bridge
+from actors.model.sam2_session import Sam2VideoSession
+from actors.model.segmllm import SegMLLM, SegPrompts
+from actors.sampling import Sampler, SampleResult, SamplingConfig, make_sampler, tks_select
+
+
+@dataclass
+
+class EngineConfig:
+    """Per-video inference settings (the ``engine`` section of a labeling config).
+
+    ``lowres_frames``: L uniformly sampled frames for the [FIND] pass; ``lowres_side`` / ``keyframe_side``:
+    longer side of those frames and of the MLLM's key frames; ``chunk_size``: frames per decode chunk of
+    the SAM2 streams (bounds memory); ``mask_threshold``: on mask logits.
+    """
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)
+    lowres_frames: int = 32
+    lowres_side: int = 112
+    keyframe_side: int = 448
+    chunk_size: int = 32
+    mask_threshold: float = 0.0
+    reprompt: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lowres_frames", "lowres_side", "keyframe_side", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ExpressionQuery:
+    expr_id: str
+    text: str
+
+
+@dataclass
+class ExpressionLabels:
+    """Everything the engine produced for one expression.
+
+    ``rles``: one COCO RLE per frame at the video's resolution; ``scores`` (T,): per-frame confidence
+    (S^t where tracked, S^p where the key-frame mask was used); ``relevance`` (T,): the [FIND] logits;
+    ``sampled`` / ``key_frames`` / ``anchor``: the sampler's output; ``reseeded``: frames where BAP
+    cleared memory and re-seeded (Eq. 8), or added a conditioning frame (forward mode).
+    """
+
+    expr_id: str
+    rles: list[rle_codec.RLE]
+    scores: np.ndarray
+    relevance: np.ndarray
+    sampled: list[int]
+    key_frames: list[int]
+    anchor: int
+    reseeded: list[int]
+
+
+@dataclass
+class VideoLabels:
+    num_frames: int
+    height: int
+    width: int
+    expressions: list[ExpressionLabels]
+    timings: dict[str, float]
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage (summed over repeated entries)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def interpolate_relevance(sample_logits: np.ndarray, sample_frames: np.ndarray, num_frames: int) -> np.ndarray:
+    """(E, L) curves at frames ``sample_frames`` -> (E, T) over every frame (linear, constant at the ends)."""
+    frames = np.arange(num_frames, dtype=np.float64)
+    return np.stack([np.interp(frames, sample_frames.astype(np.float64), row) for row in sample_logits])
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, h, w, 3) uint8, bilinear with antialiasing; a no-op at the same size."""
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class StreamedFrames:
+    """A frame source for one propagation pass: frames come from the decoder's chunked stream in the pass's
+    order, with a few frames (the anchors, already decoded as key frames) served from memory."""
+
+    def __init__(self, source: FrameSource, start: int, direction: int, size: tuple[int, int], chunk_size: int,
+                 preloaded: dict[int, np.ndarray]) -> None:
+        self._chunks: Iterator[FrameChunk] = source.stream(
+            start, "forward" if direction == FORWARD else "backward", size, chunk_size
+        )
+        self._preloaded = preloaded
+        self._chunk: dict[int, np.ndarray] = {}
+
+    def __call__(self, frame_idx: int) -> np.ndarray:
+        if frame_idx in self._preloaded:
+            return self._preloaded[frame_idx]
+        while frame_idx not in self._chunk:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                raise IndexError(f"frame {frame_idx} is not ahead of this propagation pass")
+            self._chunk = dict(zip(chunk.indices.tolist(), chunk.frames, strict=True))
+        return self._chunk[frame_idx]
+
+
+@dataclass
+
+
+@dataclass
+class KeyFrames:
+    """The union of the expressions' key frames, decoded once: sorted ``indices`` and their ``frames``."""
+
+    indices: np.ndarray  # (N,) int64, sorted distinct
+    frames: np.ndarray  # (N, H, W, 3) uint8
+
+    def take(self, frame_indices: Sequence[int]) -> np.ndarray:
+        wanted = np.asarray(frame_indices, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(self.indices, wanted), len(self.indices) - 1)
+        if np.any(self.indices[rows] != wanted):
+            raise KeyError(f"frames {wanted.tolist()} are not all among the decoded key frames")
+        return self.frames[rows]
+
+    def resized(self, size: tuple[int, int]) -> KeyFrames:
+        return KeyFrames(self.indices, resize_frames(self.frames, size))
+
+
+def key_frame_union(samples: Sequence[SampleResult]) -> np.ndarray:
+    """Every frame some expression's MLLM or SAM2 stage needs at high resolution."""
+    return np.unique(np.concatenate([s.indices for s in samples]))
+
+
+def sample_expressions(sampler: Sampler, relevance: np.ndarray, k: int) -> list[SampleResult]:
+    """The sampler applied to each expression's (T,) relevance curve."""
+    return [sampler.sample(curve, k) for curve in relevance]
+
+
+def split_prompts(batch: SegPrompts) -> list[SegPrompts]:
+    """A batch of E expressions' prompts -> E batches of one."""
+    fields = vars(batch)
+    return [
+        SegPrompts(**{name: (v[i : i + 1] if isinstance(v, torch.Tensor) else v) for name, v in fields.items()})
+        for i in range(batch.prompts.shape[0])
+    ]
+
+
+class PromptStage:
+    """The MLLM half of the engine (what an ``MLLMWorker`` runs): ``[FIND]`` relevance and ``[SEG]`` prompts."""
+
+    def __init__(self, mllm: SegMLLM, config: EngineConfig) -> None:
+        self.mllm = mllm.eval()
+        self.config = config
+
+    @torch.inference_mode()
+    def relevance(self, lowres: FrameChunk, texts: Sequence[str], num_frames: int, fps: float | None) -> np.ndarray:
+        """(E, T) ``[FIND]`` logits over every frame from the L low-res frames (video prefix shared)."""
+        sample_fps = fps * len(lowres.indices) / num_frames if fps else None
+        logits = self.mllm.moment_scores(lowres.frames, list(texts), fps=sample_fps).float().cpu().numpy()
+        return interpolate_relevance(logits, lowres.indices, num_frames)
+
+    @torch.inference_mode()
+    def prompts(self, samples: Sequence[SampleResult], texts: Sequence[str], key_frames: KeyFrames,
+                lowres: np.ndarray, fps: float | None = None) -> list[SegPrompts]:
+        """One ``SegPrompts`` (batch of one) per expression; expressions with equal frames share a call.
+
+        ``key_frames`` at the MLLM's key-frame size; ``lowres`` the low-res context video (for
+        Sparse-Dense, the sparse frames taken from ``key_frames`` replace it).
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for e, sample in enumerate(samples):
+            groups.setdefault(tuple(sample.key_frames.tolist()), []).append(e)
+        out: list[SegPrompts | None] = [None] * len(samples)
+        for frames, members in groups.items():
+            context = lowres
+            if self.config.sampling.method == "sparse_dense":
+                context = key_frames.take(samples[members[0]].indices.tolist())
+            batch = self.mllm.seg_prompts(key_frames.take(frames), [texts[e] for e in members],
+                                          lowres_video=context, fps=fps)
+            for e, prompts in zip(members, split_prompts(batch), strict=True):
+                out[e] = prompts
+        return out  # type: ignore[return-value]
+
+
+@dataclass
+class _KeyMasks:
+    """Key-frame masks of one expression at SAM2 frame size: frame -> mask, frame -> S^p."""
+
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    confidence: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExpressionMasks:
+    """The SAM2 half's output for one expression (fields as in ``ExpressionLabels``)."""
+
+    rles: list[rle_codec.RLE]
+    scores: np.ndarray
+    anchor: int
+    key_frames: list[int]
+    reseeded: list[int]
+
+
+class MaskStage:
+    """The SAM2 half of the engine (what a ``Propagator`` runs): key-frame masks, TKS, BAP propagation."""
+
+    def __init__(self, sam2: Sam2Bridge, config: EngineConfig) -> None:
+        self.sam2 = sam2.eval()
+        self.config = config
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """SAM2 frames are fed at its square input size."""
+        return (self.sam2.image_size, self.sam2.image_size)
+
+    @torch.inference_mode()
+    def segment(self, source: FrameSource, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
+                key_frames: KeyFrames) -> list[ExpressionMasks]:
+        """Masks for every frame of every expression; ``key_frames`` at ``frame_size``."""
+        samples = list(samples)
+        if self.config.sampling.method == "tks":
+            samples = self._select_keyframes(samples, prompts, key_frames)
+        key_masks = self._key_masks(samples, prompts, key_frames)
+        anchors = [int(s.anchor) if s.anchor is not None else int(s.key_frames[0]) for s in samples]
+        preloaded = {a: key_frames.take([a])[0] for a in anchors}
+        outputs = self._propagate(source, samples, anchors, key_masks, preloaded)
+        return [
+            ExpressionMasks(rles, scores, anchors[e], samples[e].key_frames.tolist(), reseeded)
+            for e, (rles, scores, reseeded) in enumerate(outputs)
+        ]
+
+    # ------------------------------------------------------------------ key-frame masks
+    def _decode(self, features: ImageFeatures, prompts: SegPrompts) -> MaskPrediction:
+        """Masks of one expression's prompts on one frame (decoupled fusion and re-prompt applied)."""
+        if prompts.text_prompts is not None and prompts.visual_prompts is not None:
+            text = self.sam2.decode_masks(features, prompts.text_prompts)
+            visual = self.sam2.decode_masks(features, prompts.visual_prompts)
+            prediction = MaskPrediction(
+                *((a + b) / 2 for a, b in zip(vars(text).values(), vars(visual).values(), strict=True))
+            )
+        else:
+            prediction = self.sam2.decode_masks(features, prompts.prompts)
+        if self.config.reprompt:
+            prediction = self.sam2.decode_masks(features, prompts.prompts, dense_prompt=prediction.low_res_logits)
+        return prediction
+
+    def _frame_predictions(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
+                           key_frames: KeyFrames) -> dict[tuple[int, int], MaskPrediction]:
+        """(frame, expression) -> prediction on each of its key frames. Each frame's image features are
+        computed once; the plain prompts of all expressions that sampled it are decoded as one batch."""
+        members: dict[int, list[int]] = {}
+        for e, sample in enumerate(samples):
+            for frame in sample.key_frames.tolist():
+                members.setdefault(frame, []).append(e)
+        batched = all(p.text_prompts is None for p in prompts) and not self.config.reprompt
+        out: dict[tuple[int, int], MaskPrediction] = {}
+        for frame, expressions in members.items():
+            features = self.sam2.encode_images(key_frames.take([frame]))
+            if batched:
+                batch = self.sam2.decode_masks(features, torch.cat([prompts[e].prompts for e in expressions]))
+                for i, e in enumerate(expressions):
+                    out[(frame, e)] = MaskPrediction(*(v[i : i + 1] for v in vars(batch).values()))
+            else:
+                for e in expressions:
+                    out[(frame, e)] = self._decode(features, prompts[e])
+        return out
+
+    def _key_masks(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
+                   key_frames: KeyFrames) -> list[_KeyMasks]:
+        out = [_KeyMasks() for _ in samples]
+        for (frame, e), prediction in self._frame_predictions(samples, prompts, key_frames).items():
+            out[e].masks[frame] = (prediction.mask_logits[0] > self.config.mask_threshold).numpy()
+            out[e].confidence[frame] = float(torch.sigmoid(prediction.object_score_logits[0]))
+        return out
+
+    def _select_keyframes(self, samples: list[SampleResult], prompts: Sequence[SegPrompts],
+                          key_frames: KeyFrames) -> list[SampleResult]:
+        """VRS-HQ TKS: object scores of the fused ``<TAK>`` prompt on every candidate + <SEG>/<TAK> similarity."""
+        predictions = self._frame_predictions(samples, prompts, key_frames)
+        selected = []
+        for e, sample in enumerate(samples):
+            if prompts[e].frame_similarity is None:
+                raise ValueError("TKS needs per-frame <SEG>/<TAK> similarities: enable mllm.tda")
+            frames = sample.key_frames.tolist()
+            logits = np.array([float(predictions[(f, e)].object_score_logits[0]) for f in frames])
+            similarity = prompts[e].frame_similarity[0].float().cpu().numpy()
+            selected.append(tks_select(sample, logits, similarity))
+        return selected
+
+    # ------------------------------------------------------------------ propagation (BAP)
+    def _propagate(self, source: FrameSource, samples: list[SampleResult], anchors: list[int],
+                   key_masks: list[_KeyMasks], preloaded: dict[int, np.ndarray],
+                   ) -> list[tuple[list[rle_codec.RLE], np.ndarray, list[int]]]:
+        """Drive one ``PropagationPolicy`` per expression in lock-step over a shared multi-object session."""
+        num_frames = source.num_frames
+        policies = [
+            PropagationPolicy(num_frames, s.key_frames.tolist(), anchors[e], key_masks[e].confidence,
+                              self.config.propagation)
+            for e, s in enumerate(samples)
+        ]
+        rles: list[list[rle_codec.RLE | None]] = [[None] * num_frames for _ in samples]
+        scores = [np.zeros(num_frames, dtype=np.float32) for _ in samples]
+        reseeded: list[list[int]] = [[] for _ in samples]
+        to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
+
+        def use_key_mask(e: int, frame: int) -> None:
+            rles[e][frame] = to_rle.from_mask(key_masks[e].masks[frame])
+            scores[e][frame] = key_masks[e].confidence[frame]
+
+        for direction in (FORWARD, BACKWARD):
+            members = [e for e, p in enumerate(policies) if any(q.direction == direction for q in p.passes)]
+            if not members:
+                continue
+            starts = {e: policies[e].begin(direction).frame for e in members}
+            start = min(starts.values()) if direction == FORWARD else max(starts.values())
+            frames = StreamedFrames(source, start, direction, self.frame_size, self.config.chunk_size, preloaded)
+            session = Sam2VideoSession(self.sam2, frames, num_frames)
+            for e in members:
+                session.add_mask(e, starts[e], key_masks[e].masks[starts[e]])
+            for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):
+                frame = result.frame_idx
+                for i, e in enumerate(result.obj_ids):
+                    if frame == starts[e]:
+                        if direction == FORWARD:
+                            use_key_mask(e, frame)
+                        continue
+                    score = float(result.object_scores[i])
+                    action = policies[e].after_track(frame, score)
+                    if isinstance(action, ClearAndReseed | Condition):
+                        if isinstance(action, ClearAndReseed):
+                            session.clear(e, keep_seeds=False)
+                        session.add_mask(e, frame, key_masks[e].masks[frame])
+                        reseeded[e].append(frame)
+                        use_key_mask(e, frame)
+                    else:
+                        rles[e][frame] = to_rle.from_logits(result.mask_logits[i])
+                        scores[e][frame] = score
+        for e, frame_rles in enumerate(rles):
+            missing = [f for f, r in enumerate(frame_rles) if r is None]
+            if missing:
+                raise RuntimeError(f"propagation left frames {missing[:10]} of expression {e} without a mask")
+        return [(rles[e], scores[e], sorted(reseeded[e])) for e in range(len(samples))]
+
+
+class VideoLabeler:
+    """Both halves in one process: ``label`` runs one video with all its expressions."""
+
+    def __init__(self, mllm: SegMLLM, sam2: Sam2Bridge, config: EngineConfig) -> None:
+        if config.sampling.method == "tks" and not mllm.config.tda.enabled:
+            raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
+        self.config = config
+        self.prompt_stage = PromptStage(mllm, config)
+        self.mask_stage = MaskStage(sam2, config)
+        self.sampler = make_sampler(config.sampling)
+
+    def label(self, source: FrameSource, queries: Sequence[ExpressionQuery]) -> VideoLabels:
+        if not queries:
+            raise ValueError("label needs at least one expression")
+        config, timer = self.config, StageTimer()
+        num_frames, height, width = source.num_frames, source.height, source.width
+        texts = [q.text for q in queries]
+        with timer.stage("decode_lowres"):
+            lowres = source.uniform(min(config.lowres_frames, num_frames), fit_within(height, width, config.lowres_side))
+        with timer.stage("find"):
+            relevance = self.prompt_stage.relevance(lowres, texts, num_frames, source.fps)
+        with timer.stage("sample"):
+            samples = sample_expressions(self.sampler, relevance, config.sampling.k)
+        with timer.stage("decode_keyframes"):
+            union = key_frame_union(samples)
+            key_side = max(config.keyframe_side, self.mask_stage.frame_size[0])
+            decoded = KeyFrames(union, source.get(union, fit_within(height, width, key_side)))
+        with timer.stage("seg"):
+            mllm_frames = decoded.resized(fit_within(height, width, config.keyframe_side))
+            prompts = self.prompt_stage.prompts(samples, texts, mllm_frames, lowres.frames, source.fps)
+        with timer.stage("segment"):
+            masks = self.mask_stage.segment(source, samples, prompts, decoded.resized(self.mask_stage.frame_size))
+        labels = [
+            ExpressionLabels(
+                expr_id=query.expr_id,
+                rles=out.rles,
+                scores=out.scores,
+                relevance=relevance[e].astype(np.float32),
+                sampled=sample.indices.tolist(),
+                key_frames=out.key_frames,
+                anchor=out.anchor,
+                reseeded=out.reseeded,
+            )
+            for e, (query, sample, out) in enumerate(zip(queries, samples, masks, strict=True))
+        ]
+        return VideoLabels(num_frames, height, width, labels, timer.seconds)
+
+
+class _MaskWriter:
+    """SAM2-size masks / logits -> COCO RLE at the video's resolution."""
+
+    def __init__(self, size: tuple[int, int], threshold: float) -> None:
+        self.size, self.threshold = size, threshold
+
+    def from_logits(self, logits: torch.Tensor) -> rle_codec.RLE:
+        if tuple(logits.shape) != self.size:
+            logits = F.interpolate(logits[None, None], size=self.size, mode="bilinear", align_corners=False)[0, 0]
+        return rle_codec.encode((logits > self.threshold).numpy())
+
+    def from_mask(self, mask: np.ndarray) -> rle_codec.RLE:
+        logits = torch.from_numpy(mask.astype(np.float32) * 2.0 - 1.0)
+        return self.from_logits(logits)
+

@@ -1,0 +1,204 @@
+"""The one-video inference engine on real procedural videos (decord) with the real tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from actors import rle as rle_codec
+from actors.bap import PropagationConfig
+from actors.config import load_config
+from actors.decode import VideoDecoder
+from actors.engine import (
+    EngineConfig,
+    ExpressionQuery,
+    KeyFrames,
+    VideoLabeler,
+    interpolate_relevance,
+    key_frame_union,
+    sample_expressions,
+)
+from actors.model.checkpoints import build_model
+from actors.model.config import ModelConfig
+from actors.sampling import SamplingConfig, make_sampler
+from pipelines.synthetic import SceneConfig, generate_video
+from pipelines.video_io import write_mp4
+
+TINY_ENGINE = {"lowres_frames": 12, "lowres_side": 56, "keyframe_side": 112, "chunk_size": 8}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return build_model(load_config(ModelConfig, "configs/model/tiny.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tda_model():
+    return build_model(load_config(ModelConfig, "configs/model/tiny.yaml", ["mllm.tda.enabled=true"]))
+
+
+def _video(tmp_path_factory: pytest.TempPathFactory, index: int, frames: int, late: float = 0.0):
+    scene = SceneConfig(num_frames=frames, height=48, width=64, late_target_fraction=late)
+    video = generate_video(f"v{index}", seed=3, index=index, config=scene)
+    path = str(tmp_path_factory.mktemp("videos") / f"{video.video_id}.mp4")
+    write_mp4(video.simulation.iter_frames(), path, video.fps)
+    return video, path
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory):
+    return _video(tmp_path_factory, 0, 20)
+
+
+def _labeler(model, **changes) -> VideoLabeler:
+    sampling = changes.pop("sampling", SamplingConfig(k=4, window=4))
+    propagation = changes.pop("propagation", PropagationConfig())
+    config = EngineConfig(sampling=sampling, propagation=propagation, **{**TINY_ENGINE, **changes})
+    return VideoLabeler(model.mllm, model.sam2, config)
+
+
+def _queries(video) -> list[ExpressionQuery]:
+    return [ExpressionQuery(e.expr_id, e.text) for e in video.expressions]
+
+
+def _iou(a: dict, b: dict) -> float:
+    ma, mb = rle_codec.decode(a), rle_codec.decode(b)
+    union = np.logical_or(ma, mb).sum()
+    return 1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union)
+
+
+def test_every_expression_gets_every_frame(model, short_video):
+    video, path = short_video
+    queries = _queries(video)
+    with VideoDecoder(path) as source:
+        labels = _labeler(model).label(source, queries)
+        delivered = source.counters.delivered.copy()
+    assert [e.expr_id for e in labels.expressions] == [q.expr_id for q in queries]
+    assert (labels.num_frames, labels.height, labels.width) == (20, 48, 64)
+    for out in labels.expressions:
+        assert len(out.rles) == 20
+        assert all(r["size"] == [48, 64] for r in out.rles)
+        assert out.relevance.shape == (20,) and np.isfinite(out.relevance).all()
+        assert out.scores.shape == (20,) and ((out.scores >= 0) & (out.scores <= 1)).all()
+        assert out.anchor in out.key_frames and len(out.sampled) == 4
+        assert set(out.reseeded) <= set(out.key_frames) - {out.anchor}
+    # decoded once for [FIND] (uniform), once as key frames, once per propagation direction at most
+    assert delivered.max() <= 4
+    assert set(labels.timings) == {"decode_lowres", "find", "sample", "decode_keyframes", "seg", "segment"}
+
+
+def test_batched_equals_per_expression(model, short_video):
+    video, path = short_video
+    queries = _queries(video)[:4]
+    labeler = _labeler(model)
+    with VideoDecoder(path) as source:
+        together = labeler.label(source, queries)
+    for query, batched in zip(queries, together.expressions, strict=True):
+        with VideoDecoder(path) as source:
+            alone = labeler.label(source, [query]).expressions[0]
+        assert alone.sampled == batched.sampled and alone.anchor == batched.anchor
+        ious = [_iou(a, b) for a, b in zip(alone.rles, batched.rles, strict=True)]
+        assert min(ious) >= 0.999, (query, ious)
+
+
+def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
+    """With the relevance curve of a late target (its visible frames), MCS anchors in the second half and
+    the mask stage starts propagation there and still labels every frame."""
+    video, path = _video(tmp_path_factory, 5, 24, late=1.0)
+    late = [e for e in video.expressions if e.obj_ids and e.frames and e.frames[0] >= video.num_frames // 2]
+    assert late, "the late-target scene must have an expression whose target enters in the second half"
+    expression = late[0]
+    curve = np.full(video.num_frames, -5.0)
+    curve[expression.frames[0] : expression.frames[1] + 1] = 5.0
+    labeler = _labeler(model)
+    samples = sample_expressions(make_sampler(labeler.config.sampling), curve[None], labeler.config.sampling.k)
+    assert samples[0].anchor >= video.num_frames // 2
+    with VideoDecoder(path) as source:
+        union = key_frame_union(samples)
+        decoded = KeyFrames(union, source.get(union, (source.height, source.width)))
+        lowres = source.uniform(8, (56, 56))
+        prompts = labeler.prompt_stage.prompts(samples, [expression.text], decoded.resized((112, 112)), lowres.frames)
+        masks = labeler.mask_stage.segment(source, samples, prompts, decoded.resized(labeler.mask_stage.frame_size))
+    assert masks[0].anchor == samples[0].anchor
+    assert len(masks[0].rles) == video.num_frames
+
+
+def test_forward_baseline_conditions_every_key_frame(model, short_video):
+    video, path = short_video
+    labeler = _labeler(
+        model, sampling=SamplingConfig(method="firstk", k=3), propagation=PropagationConfig(mode="forward")
+    )
+    with VideoDecoder(path) as source:
+        labels = labeler.label(source, _queries(video)[:2])
+    for out in labels.expressions:
+        assert out.anchor == 0 and out.key_frames == [0, 1, 2]
+        assert out.reseeded == [1, 2]
+
+
+def test_keyframe_baseline_never_reseeds(model, short_video):
+    video, path = short_video
+    labeler = _labeler(model, propagation=PropagationConfig(mode="keyframe"))
+    with VideoDecoder(path) as source:
+        labels = labeler.label(source, _queries(video)[:2])
+    assert all(out.reseeded == [] for out in labels.expressions)
+
+
+def test_bap_threshold_controls_reseeding(model, short_video):
+    """lambda = 0 never clears (P >= 0 always); a huge lambda clears at every key frame reached."""
+    video, path = short_video
+    queries = _queries(video)[:2]
+    with VideoDecoder(path) as source:
+        never = _labeler(model, propagation=PropagationConfig(lam=0.0)).label(source, queries)
+    with VideoDecoder(path) as source:
+        always = _labeler(model, propagation=PropagationConfig(lam=1e6)).label(source, queries)
+    for n, a in zip(never.expressions, always.expressions, strict=True):
+        assert n.reseeded == []
+        assert a.reseeded == sorted(set(a.key_frames) - {a.anchor})
+
+
+def test_tks_picks_anchor_among_candidates(tda_model, short_video):
+    video, path = short_video
+    labeler = _labeler(tda_model, sampling=SamplingConfig(method="tks", k=4))
+    with VideoDecoder(path) as source:
+        labels = labeler.label(source, _queries(video)[:2])
+    for out in labels.expressions:
+        assert out.anchor in out.key_frames and len(out.rles) == 20
+
+
+def test_tks_requires_tda(model):
+    with pytest.raises(ValueError, match="tda"):
+        _labeler(model, sampling=SamplingConfig(method="tks", k=4))
+
+
+def test_reprompt_feeds_the_first_mask_back(model, short_video):
+    """The anchor's score is its key-frame confidence S^p: re-prompting with the first mask changes it."""
+    video, path = short_video
+    queries = _queries(video)[:1]
+    with VideoDecoder(path) as source:
+        plain = _labeler(model).label(source, queries).expressions[0]
+    with VideoDecoder(path) as source:
+        again = _labeler(model, reprompt=True).label(source, queries).expressions[0]
+    assert plain.sampled == again.sampled and plain.anchor == again.anchor
+    assert plain.scores[plain.anchor] != again.scores[again.anchor]
+
+
+def test_decoupled_prompts_are_fused(short_video):
+    decoupled = build_model(load_config(ModelConfig, "configs/model/tiny.yaml", ["mllm.decouple.enabled=true"]))
+    video, path = short_video
+    with VideoDecoder(path) as source:
+        labels = _labeler(decoupled).label(source, _queries(video)[:2])
+    assert all(len(out.rles) == 20 for out in labels.expressions)
+
+
+def test_interpolate_relevance_is_linear_between_samples():
+    curve = interpolate_relevance(np.array([[0.0, 4.0]]), np.array([2, 6]), 9)
+    np.testing.assert_allclose(curve[0], [0, 0, 0, 1, 2, 3, 4, 4, 4])
+
+
+def test_engine_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="chunk_size"):
+        dataclasses.replace(EngineConfig(), chunk_size=0)
