@@ -1,0 +1,380 @@
+"""Evaluation reports: ``report.json`` (scores as fractions) and ``report.html`` (for a person to read).
+
+Pure given the scores: ``build_report`` assembles the JSON document from the headline scores, the
+per-expression rows, the missing predictions and the subsets; ``render_html`` turns it into one
+self-contained page (headline table x100 as the papers print it, score histograms, per-subset bars,
+the worst expressions with mask overlays of truth vs prediction); ``write_report`` stores both under
+an fsspec URI. Plots are drawn with matplotlib's object API (no pyplot global state) and embedded as
+base64 PNG, so the page needs nothing beside it; matplotlib is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from actors.uri import filesystem_for, join
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Task = Literal["refvos", "grounding"]
+
+HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
+    "refvos": ("J", "F", "J&F"),
+    "grounding": ("R@0.3", "R@0.5", "R@0.7", "mIoU"),
+}
+# The per-expression score the histograms show and the worst-first ordering uses.
+PRIMARY_SCORE: dict[str, str] = {"refvos": "J&F", "grounding": "IoU"}
+
+_TRUTH_RGB = np.array([40, 200, 80], dtype=np.float32)
+_PREDICTION_RGB = np.array([230, 40, 200], dtype=np.float32)
+_OVERLAY_ALPHA = 0.55
+_MIN_PANEL_HEIGHT = 160
+
+
+class ReportError(ValueError):
+    """A report input is inconsistent (score outside [0, 1], unknown task, missing headline key)."""
+
+
+@dataclass(frozen=True)
+class OverlayFrame:
+    """One frame of a failure: the truth and predicted masks, and the video frame when available."""
+
+    frame_idx: int
+    truth: np.ndarray  # (H, W) bool
+    prediction: np.ndarray  # (H, W) bool
+    image: np.ndarray | None = None  # (H, W, 3) uint8
+    J: float | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A low-scoring expression shown with overlays of a few of its frames."""
+
+    video: str
+    expr_id: str
+    text: str
+    score: float
+    frames: Sequence[OverlayFrame]
+
+
+def _check_fraction(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ReportError(f"{where}: score must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ReportError(f"{where}: score {value!r} is not a fraction in [0, 1]")
+    return value
+
+
+def _check_scores(scores: Mapping[str, Any], keys: Sequence[str], where: str) -> dict[str, float]:
+    return {key: _check_fraction(scores[key], f"{where} {key!r}") for key in keys if key in scores}
+
+
+def build_report(
+    format: str,
+    task: Task,
+    headline: Mapping[str, float],
+    per_expression: Sequence[Mapping[str, Any]],
+    missing: Sequence[Mapping[str, Any]] = (),
+    subsets: Mapping[str, Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``report.json`` document.
+
+    ``headline`` must hold the task's headline keys (``J``, ``F``, ``J&F`` or ``R@0.3``, ``R@0.5``,
+    ``R@0.7``, ``mIoU``) as fractions; ``per_expression`` rows carry ``video``, ``expr_id`` and their
+    scores (checked to be fractions); ``missing`` lists the (video, expr_id) whose prediction was absent
+    (they are also in ``per_expression`` with score 0); ``subsets`` maps a subset name to its scores and
+    ``num_expressions``; ``extra`` holds protocol-specific sections (e.g. Ref-DAVIS17's four-run scores),
+    kept as given after checking its numbers are finite.
+    """
+    if task not in HEADLINE_KEYS:
+        raise ReportError(f"unknown task {task!r}; expected one of {sorted(HEADLINE_KEYS)}")
+    keys = HEADLINE_KEYS[task]
+    absent = [key for key in keys if key not in headline]
+    if absent:
+        raise ReportError(f"headline scores lack {absent} for task {task!r}")
+    report: dict[str, Any] = {"format": format, "task": task}
+    report.update(_check_scores(headline, keys, "headline"))
+    report["num_expressions"] = len(per_expression)
+    report["missing"] = [dict(item) for item in missing]
+    report["subsets"] = {}
+    for name, scores in (subsets or {}).items():
+        checked: dict[str, Any] = _check_scores(scores, keys, f"subset {name!r}")
+        checked.update({k: v for k, v in scores.items() if k not in keys})
+        report["subsets"][name] = checked
+    rows = []
+    for index, row in enumerate(per_expression):
+        if "video" not in row or "expr_id" not in row:
+            raise ReportError(f"per_expression row {index} lacks 'video' or 'expr_id': {dict(row)!r:.200}")
+        score_keys = [k for k in ("J", "F", "J&F", "IoU") if k in row and row[k] is not None]
+        checked_row = dict(row)
+        checked_row.update(_check_scores(row, score_keys, f"expression {row['video']}/{row['expr_id']}"))
+        rows.append(checked_row)
+    report["per_expression"] = rows
+    if extra:
+        _check_finite(extra, "extra")
+        report.update({key: value for key, value in extra.items() if key not in report})
+    return report
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ReportError(f"{where}: {value!r} is not finite (JSON cannot hold it)")
+
+
+def worst_rows(report: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
+    """The ``count`` lowest-scoring per-expression rows (ties broken by video, then expr_id)."""
+    key = PRIMARY_SCORE[report["task"]]
+    scored = [row for row in report["per_expression"] if row.get(key) is not None]
+    return sorted(scored, key=lambda r: (r[key], str(r["video"]), str(r["expr_id"])))[:count]
+
+
+def _png_base64(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure; matplotlib is imported here, on first use, so that the scoring workers,
+    which import ``pipelines.evaluate`` (and so this module) but draw nothing, do not pay for it."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _figure_base64(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _tint(base: np.ndarray, mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    out = base.astype(np.float32)
+    out[mask] = (1.0 - _OVERLAY_ALPHA) * out[mask] + _OVERLAY_ALPHA * rgb
+    return out.astype(np.uint8)
+
+
+def overlay_panels(frame: OverlayFrame) -> np.ndarray:
+    """(H', 2W'+gap, 3) uint8: truth tinted green on the left, prediction tinted magenta on the right.
+
+    Without a video frame the background is mid grey. Small frames are enlarged (nearest neighbour)
+    to at least 160 pixels high so one-pixel errors stay visible.
+    """
+    truth = np.asarray(frame.truth, dtype=bool)
+    prediction = np.asarray(frame.prediction, dtype=bool)
+    if truth.shape != prediction.shape or truth.ndim != 2:
+        raise ReportError(
+            f"frame {frame.frame_idx}: truth {truth.shape} and prediction {prediction.shape} must be equal (H, W)"
+        )
+    height, width = truth.shape
+    if frame.image is None:
+        base = np.full((height, width, 3), 110, dtype=np.uint8)
+    else:
+        base = np.asarray(frame.image, dtype=np.uint8)
+        if base.shape[:2] != (height, width):
+            base = np.asarray(Image.fromarray(base).convert("RGB").resize((width, height), Image.BILINEAR))
+        elif base.ndim == 2:
+            base = np.repeat(base[:, :, None], 3, axis=2)
+    gap = np.full((height, max(2, width // 40), 3), 255, dtype=np.uint8)
+    panels = np.concatenate([_tint(base, truth, _TRUTH_RGB), gap, _tint(base, prediction, _PREDICTION_RGB)], axis=1)
+    scale = math.ceil(_MIN_PANEL_HEIGHT / height) if height < _MIN_PANEL_HEIGHT else 1
+    if scale > 1:
+        panels = panels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return panels
+
+
+def _histograms(report: Mapping[str, Any]) -> str:
+    task = report["task"]
+    keys = ("J", "F", "J&F") if task == "refvos" else ("IoU",)
+    rows = report["per_expression"]
+    figure = _new_figure(3.2 * len(keys), 2.6)
+    axes = figure.subplots(1, len(keys), squeeze=False)[0]
+    bins = np.linspace(0.0, 100.0, 21)
+    for axis, key in zip(axes, keys, strict=True):
+        values = [100.0 * row[key] for row in rows if row.get(key) is not None]
+        axis.hist(values, bins=bins, color="#4472c4", edgecolor="white")
+        axis.set_title(f"{key} per {'expression' if task == 'refvos' else 'query'}")
+        axis.set_xlabel(f"{key} (x100)")
+        axis.set_xlim(0, 100)
+        axis.yaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("count")
+    return _figure_base64(figure)
+
+
+def _subset_bars(report: Mapping[str, Any]) -> str | None:
+    keys = HEADLINE_KEYS[report["task"]]
+    subsets = {name: scores for name, scores in report["subsets"].items() if all(k in scores for k in keys)}
+    if not subsets:
+        return None
+    names = list(subsets)
+    figure = _new_figure(max(4.0, 1.1 * len(names) + 2.0), 3.0)
+    axis = figure.subplots()
+    width = 0.8 / len(keys)
+    positions = np.arange(len(names))
+    for offset, key in enumerate(keys):
+        values = [100.0 * subsets[name][key] for name in names]
+        axis.bar(positions + (offset - (len(keys) - 1) / 2) * width, values, width, label=key)
+    axis.set_xticks(positions, names, rotation=20, ha="right")
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("score (x100)")
+    axis.legend(loc="upper right", fontsize="small")
+    return _figure_base64(figure)
+
+
+def _x100(value: Any) -> str:
+    return f"{100.0 * value:.1f}" if isinstance(value, int | float) else "–"
+
+
+def _headline_table(report: Mapping[str, Any]) -> str:
+    keys = HEADLINE_KEYS[report["task"]]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    cells = "".join(f"<td class='headline'>{_x100(report[k])}</td>" for k in keys)
+    return (
+        f"<table><tr><th>format</th>{head}<th>expressions</th><th>missing</th></tr>"
+        f"<tr><td>{html.escape(report['format'])}</td>{cells}"
+        f"<td>{report['num_expressions']}</td><td>{len(report['missing'])}</td></tr></table>"
+    )
+
+
+def _subset_table(report: Mapping[str, Any]) -> str:
+    keys = HEADLINE_KEYS[report["task"]]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_x100(scores.get(k))}</td>" for k in keys)
+        + f"<td>{scores.get('num_expressions', scores.get('num_objects', ''))}</td>"
+        + f"<td>{html.escape(_other_scores(scores, keys))}</td></tr>"
+        for name, scores in report["subsets"].items()
+    )
+    return f"<table><tr><th>subset</th>{head}<th>count</th><th>other (x100)</th></tr>{body}</table>"
+
+
+def _other_scores(scores: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """Fractions a subset holds beside the headline keys (e.g. ReVOS no-target ``empty_fraction``)."""
+    return ", ".join(
+        f"{name} {_x100(value)}" for name, value in scores.items()
+        if name not in keys and not name.startswith("num_") and isinstance(value, float)
+    )
+
+
+def _worst_table(report: Mapping[str, Any], count: int) -> str:
+    task = report["task"]
+    if task == "refvos":
+        columns = ("video", "expr_id", "text", "J", "F", "J&F")
+    else:
+        columns = ("video", "expr_id", "text", "start", "end", "pred_start", "pred_end", "IoU")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in worst_rows(report, count):
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if column in ("J", "F", "J&F", "IoU"):
+                cells.append(f"<td>{_x100(value)}</td>")
+            elif isinstance(value, float):
+                cells.append(f"<td>{value:.2f}</td>")
+            else:
+                cells.append(f"<td>{html.escape('' if value is None else str(value))}</td>")
+        missing = " class='missing'" if row.get("missing") else ""
+        body.append(f"<tr{missing}>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _failure_section(failure: Failure) -> str:
+    frames = "".join(
+        "<figure>"
+        f"<img alt='frame {f.frame_idx}' src='data:image/png;base64,{_png_base64(overlay_panels(f))}'>"
+        f"<figcaption>frame {f.frame_idx}" + (f" · J {_x100(f.J)}" if f.J is not None else "") + "</figcaption>"
+        "</figure>"
+        for f in failure.frames
+    )
+    return (
+        f"<div class='failure'><h3>{html.escape(failure.video)} / {html.escape(failure.expr_id)}"
+        f" — J&amp;F {_x100(failure.score)}</h3><p class='text'>{html.escape(failure.text)}</p>{frames}</div>"
+    )
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f0f0f0; }
+td.headline { font-weight: bold; font-size: 1.2em; }
+tr.missing td { color: #b00; }
+.failure figure { display: inline-block; margin: 0.3em; }
+.failure figcaption { font-size: 0.85em; text-align: center; }
+.legend span { padding: 0 0.5em; margin-right: 1em; }
+"""
+
+
+def render_html(report: Mapping[str, Any], failures: Sequence[Failure] = (), worst_count: int = 20) -> str:
+    """The self-contained ``report.html`` page for ``report`` (as built by ``build_report``)."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>vrseg evaluation — {html.escape(report['format'])}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>vrseg evaluation — {html.escape(report['format'])}</h1>",
+        "<h2>Headline (x100)</h2>",
+        _headline_table(report),
+        "<h2>Score histograms</h2>",
+        f"<img alt='score histograms' src='data:image/png;base64,{_histograms(report)}'>",
+    ]
+    if report["subsets"]:
+        parts += ["<h2>Subsets (x100)</h2>", _subset_table(report)]
+        bars = _subset_bars(report)
+        if bars is not None:
+            parts.append(f"<img alt='per-subset scores' src='data:image/png;base64,{bars}'>")
+    if report["missing"]:
+        listed = "".join(
+            f"<li>{html.escape(str(m.get('video')))} / {html.escape(str(m.get('expr_id')))}</li>" for m in report["missing"]
+        )
+        parts += [f"<h2>Missing predictions ({len(report['missing'])}, scored 0)</h2><ul>{listed}</ul>"]
+    parts += [f"<h2>Worst {min(worst_count, len(report['per_expression']))}</h2>", _worst_table(report, worst_count)]
+    if failures:
+        parts += [
+            "<h2>Failures: truth vs prediction</h2>",
+            "<p class='legend'><span style='background:#28c850'>truth (left)</span>"
+            "<span style='background:#e628c8'>prediction (right)</span></p>",
+            *(_failure_section(failure) for failure in failures),
+        ]
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(
+    report: Mapping[str, Any],
+    out_uri: str,
+    failures: Sequence[Failure] = (),
+    storage_options: Mapping[str, Any] | None = None,
+    worst_count: int = 20,
+) -> dict[str, str]:
+    """Write ``report.json`` and ``report.html`` under ``out_uri``; returns their URIs by name."""
+    fs, root = filesystem_for(out_uri, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    documents = {
+        "report.json": json.dumps(report, indent=2, allow_nan=False).encode("utf-8"),
+        "report.html": render_html(report, failures, worst_count).encode("utf-8"),
+    }
+    written = {}
+    for name, payload in documents.items():
+        fs.pipe_file(join(root, name), payload)
+        written[name] = join(out_uri, name)
+    return written
