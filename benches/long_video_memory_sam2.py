@@ -1,6 +1,6 @@
 """Peak memory of a multi-object SAM2 session on a long video vs a short one (issue 3, last "Done when").
 
-Each length runs in a fresh subprocess: build the tiny SAM2 (configs/model/sam2_tiny.yaml), open a
+Each length runs in a fresh subprocess: build the tiny SAM2 (the sam2 section of configs/model/tiny.yaml), open a
 ``Sam2VideoSession`` on a procedural frame source (moving discs drawn on demand, nothing stored), seed
 8 objects at the middle frame, propagate forward to the end and backward to the start (BAP's order),
 and turn every yielded mask into a boolean array that is dropped right away (as a writer would after
@@ -54,10 +54,11 @@ def child(num_frames: int) -> None:
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
     from actors.config import load_config
-    from actors.model.sam2_bridge import Sam2Config, build_sam2
+    from actors.model.config import ModelConfig
+    from actors.model.sam2_bridge import build_sam2
     from actors.model.sam2_session import Sam2VideoSession
 
-    bridge = build_sam2(load_config(Sam2Config, ROOT / "configs" / "model" / "sam2_tiny.yaml"))
+    bridge = build_sam2(load_config(ModelConfig, ROOT / "configs" / "model" / "tiny.yaml").sam2)
     baseline = rss_mb()
     session = Sam2VideoSession(bridge, disc_frame, num_frames=num_frames)
     anchor = num_frames // 2

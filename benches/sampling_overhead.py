@@ -3,7 +3,7 @@
 For a T-frame video with E expressions: E relevance curves are sampled (MCS by default) and E BAP
 policies are driven over every frame with per-frame tracking scores (the pure policy work the engine adds
 on top of SAM2). The reference is the same video's propagation time with the tiny SAM2
-(``configs/model/sam2_tiny.yaml``, 128 px): all E objects of one ``Sam2VideoSession`` are seeded and
+(the ``sam2`` section of ``configs/model/tiny.yaml``, 128 px): all E objects of one ``Sam2VideoSession`` are seeded and
 tracked over a short clip, and the measured seconds per frame are scaled to T frames. Target: ratio below
 0.001 (MomentSeg reports MCS under 0.1% of latency).
 
@@ -23,12 +23,13 @@ import torch
 
 from actors.bap import PropagationConfig, PropagationPolicy, run_propagation
 from actors.config import load_config
-from actors.model.sam2_bridge import Sam2Config, build_sam2
+from actors.model.config import ModelConfig
+from actors.model.sam2_bridge import build_sam2
 from actors.model.sam2_session import Sam2VideoSession
 from actors.sampling import SamplingConfig, make_sampler
 
 ARCHITECTURE_FRAMES_PER_SECOND = 60.0  # single-object tiny SAM2 at 128 px (ARCHITECTURE.md, measured facts)
-TINY_SAM2 = Path(__file__).resolve().parents[1] / "configs" / "model" / "sam2_tiny.yaml"
+TINY_MODEL = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
 
 
 class ReplayedScores:
@@ -93,7 +94,7 @@ def moving_squares(num_frames: int, objects: int, size: int) -> tuple[np.ndarray
 
 def sam2_seconds_per_frame(clip_frames: int, objects: int) -> float:
     """Measured tiny-SAM2 propagation time per frame with every object in one session (seeding excluded)."""
-    bridge = build_sam2(load_config(Sam2Config, TINY_SAM2)).eval()
+    bridge = build_sam2(load_config(ModelConfig, TINY_MODEL).sam2).eval()
     frames, masks = moving_squares(clip_frames + 1, objects, bridge.image_size)
     session = Sam2VideoSession(bridge, frames)
     for o in range(objects):

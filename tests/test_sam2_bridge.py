@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from actors.config import ConfigError, load_config
+from actors.model.config import ModelConfig
 from actors.model.sam2_bridge import (
     CheckpointError,
     Sam2Bridge,
@@ -24,14 +25,14 @@ from actors.model.sam2_bridge import (
 )
 from actors.model.sam2_session import Sam2VideoSession
 
-TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "model" / "sam2_tiny.yaml"
+TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def config() -> Sam2Config:
-    return load_config(Sam2Config, TINY_YAML)
+    return load_config(ModelConfig, TINY_YAML).sam2
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,9 @@ def test_same_seed_builds_identical_weights(config: Sam2Config, bridge: Sam2Brid
 
 def test_misspelled_keys_fail_before_weights_are_read(config: Sam2Config, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="seeed"):
-        load_config(Sam2Config, TINY_YAML, ["seeed=3"])
+        load_config(ModelConfig, TINY_YAML, ["sam2.seeed=3"])
     with pytest.raises(ConfigError, match="config_name"):
-        load_config(Sam2Config, TINY_YAML, ["config_name=configs/sam2.1/sam2.1_hiera_tt.yaml"])
+        load_config(ModelConfig, TINY_YAML, ["sam2.config_name=configs/sam2.1/sam2.1_hiera_tt.yaml"])
     typo = Sam2Config(
         config_name=config.config_name,
         overrides=[*config.overrides, "model.image_encoder.trunk.embed_dimm=24"],
