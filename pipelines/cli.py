@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("pipelines.synthetic_cli", "pipelines.evaluate")
+SUBCOMMAND_MODULES = ("pipelines.train", "pipelines.evaluate", "pipelines.synthetic_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

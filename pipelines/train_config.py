@@ -1,0 +1,204 @@
+"""``TrainConfig``: the schema of ``configs/train/*.yaml`` for ``vrseg train``.
+
+Load with ``load_train_config(path, overrides)``: unknown keys, wrong types and bad values fail there,
+naming the key and its source, before any dataset is read or any worker starts. ``max_steps``,
+``num_workers`` and ``storage_path`` are top-level keys so they can be overridden as ``key=value``.
+Source locations are parameters: ``sources.<name>.uri=...`` (``???`` in a YAML means "must be given").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from actors.config import ConfigError, load_config
+from actors.model.config import ModelConfig
+
+REFVOS_FORMATS = ("mevis", "revos", "refytvos")
+TSG_FORMATS = ("charades-sta", "activitynet")
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass
+class SourceConfig:
+    """One dataset of the mixture.
+
+    ``format``: a RefVOS reader (``mevis``, ``revos``, ``refytvos``) or a TSG reader (``charades-sta``,
+    ``activitynet``) of ``pipelines.formats``; ``uri``: what that reader opens (split folder or
+    annotation file); ``split``: for revos/refytvos. ``videos_uri``: a folder of ``<video_id><video_ext>``
+    files decoded with decord; required for TSG sources, optional for RefVOS sources (without it their
+    JPEG frame folders are read). ``weight``: relative probability that a sample comes from this source.
+    """
+
+    format: str = "mevis"
+    uri: str = "???"
+    split: str | None = None
+    videos_uri: str | None = None
+    video_ext: str = ".mp4"
+    weight: float = 1.0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in REFVOS_FORMATS + TSG_FORMATS:
+            raise ValueError(f"format must be one of {list(REFVOS_FORMATS + TSG_FORMATS)}, got '{self.format}'")
+        if self.weight <= 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+
+    @property
+    def task(self) -> str:
+        """``refvos`` or ``tsg``."""
+        return "tsg" if self.format in TSG_FORMATS else "refvos"
+
+
+@dataclass
+class SampleConfig:
+    """What one training sample holds (MomentSeg 3.2.1) and how the Ray Data pipeline makes it.
+
+    ``lowres_frames`` L uniformly sampled frames at ``lowres_size`` (h, w) (temporal tokens; even, since
+    Qwen2.5-VL pairs frames into temporal tokens); ``key_frames`` N consecutive high-resolution frames at
+    ``keyframe_size`` (H, W) around a frame where the target is present, with their masks.
+    ``decode_actors`` CPU actors decode and resize, each reserving ``cpus_per_actor`` CPUs.
+    ``rows_per_block`` sample indices per Ray Data input block. ``fixed_pool``: when set, sample index
+    i is drawn as index ``i % fixed_pool`` (the same few samples over and over: overfitting checks).
+    """
+
+    lowres_frames: int = 8
+    lowres_size: list[int] = field(default_factory=lambda: [56, 56])
+    key_frames: int = 2
+    keyframe_size: list[int] = field(default_factory=lambda: [112, 112])
+    decode_actors: int = 1
+    cpus_per_actor: float = 1.0
+    rows_per_block: int = 16
+    fixed_pool: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lowres_frames < 2 or self.lowres_frames % 2:
+            raise ValueError(f"data.lowres_frames must be even and >= 2, got {self.lowres_frames}")
+        if self.key_frames < 1:
+            raise ValueError(f"data.key_frames must be >= 1, got {self.key_frames}")
+        for name in ("lowres_size", "keyframe_size"):
+            size = getattr(self, name)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"data.{name} must be [height, width] with positive sides, got {size}")
+        if self.decode_actors < 1 or self.rows_per_block < 1 or self.cpus_per_actor < 0:
+            raise ValueError("data.decode_actors and data.rows_per_block must be >= 1, data.cpus_per_actor >= 0")
+        if self.fixed_pool is not None and self.fixed_pool < 1:
+            raise ValueError(f"data.fixed_pool must be >= 1 or null, got {self.fixed_pool}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``; per-worker micro-batches of
+    ``batch_size`` samples, ``grad_accum`` micro-batches per optimizer step, gradient-norm clipping."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    batch_size: int = 1
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("optim.lr and optim.grad_clip must be > 0, optim.weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two values in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("optim.batch_size and optim.grad_accum must be >= 1")
+
+
+@dataclass
+class ScalingSection:
+    """Ray Train workers: CPU + gloo (tests) or one GPU each + NCCL (``use_gpu``); DDP or FSDP.
+
+    ``cpus_per_worker`` is what each training worker reserves; keep it below the node's CPUs so the
+    decode actors of Ray Data get theirs (the trainer must not starve the data pipeline).
+    ``bf16``: autocast to bfloat16 (GPU only; ignored on CPU).
+    """
+
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: str = "ddp"
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"scaling.strategy must be one of {list(STRATEGIES)}, got '{self.strategy}'")
+        if self.cpus_per_worker < 0:
+            raise ValueError(f"scaling.cpus_per_worker must be >= 0, got {self.cpus_per_worker}")
+
+
+@dataclass
+class TrainConfig:
+    """``vrseg train`` configuration.
+
+    ``name`` + ``storage_path`` identify the run: re-running with the same pair resumes from the latest
+    checkpoint under ``<storage_path>/<name>``. ``model_config`` is a ``configs/model/*.yaml`` (with
+    ``model_overrides``, e.g. ``losses.find=2.0``). ``export_uri`` receives the finished model
+    (default ``<storage_path>/<name>/model``). ``data_root`` is free for interpolation in source URIs
+    (``${data_root}/...``).
+    """
+
+    name: str = "vrseg-train"
+    storage_path: str = MISSING
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    model_config: str = "configs/model/tiny.yaml"
+    model_overrides: list[str] = field(default_factory=list)
+    max_steps: int = 100
+    num_workers: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int | None = 2
+    max_failures: int = 0
+    export_uri: str | None = None
+    seed: int = 0
+    data_root: str | None = None
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    data: SampleConfig = field(default_factory=SampleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be non-empty without '/', got '{self.name}'")
+        for key in ("max_steps", "num_workers", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 or null, got {self.keep_checkpoints}")
+        if not self.sources:
+            raise ValueError("sources is empty: give at least one dataset")
+        for name, source in self.sources.items():
+            if source.task == "tsg" and source.videos_uri is None:
+                raise ValueError(f"sources.{name}.videos_uri is required for a {source.format} source "
+                                 "(its annotations name videos only)")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
+
+    def samples_per_step(self) -> int:
+        """Samples one optimizer step consumes over all workers."""
+        return self.optim.batch_size * self.optim.grad_accum * self.num_workers
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The validated ``TrainConfig`` (``ConfigError`` names the key and its source)."""
+    return load_config(TrainConfig, path, list(overrides))
+
+
+def load_model_config(config: TrainConfig) -> ModelConfig:
+    """The model configuration the run trains; a bad file or override is a ``ConfigError`` naming it."""
+    try:
+        return load_config(ModelConfig, config.model_config, config.model_overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"model_config / model_overrides: {exc}") from None
+
+
+__all__ = ["ConfigError", "OptimConfig", "SampleConfig", "ScalingSection", "SourceConfig", "TrainConfig",
+           "load_model_config", "load_train_config"]

@@ -1,0 +1,320 @@
+"""The training-sample pipeline of ``vrseg train``: dataset readers -> sample plan -> Ray Data decode -> shards.
+
+Reads top to bottom as the data flows:
+
+1. ``read_catalog`` (driver, before any worker starts): every source of the config is opened with its
+   ``pipelines.formats`` reader; locations that do not exist and videos missing from ``videos_uri`` are
+   errors naming the config key and the path. RefVOS sources contribute their expressions that have a
+   target, TSG sources their moments.
+2. ``sample_dataset``: a Ray Data dataset of global sample indices (no read tasks: the index table lives
+   in the object store), mapped by a fixed pool of ``SampleBuilder`` CPU actors. Sample ``i`` is drawn
+   with ``numpy.random.default_rng([seed, i])``: a source by mixture weight, then an item of it, so a
+   sample is the same whichever actor builds it, and a resumed run continues the index sequence.
+3. ``SampleBuilder`` decodes and resizes (decord through ``actors.decode.VideoDecoder`` for video files,
+   PIL for JPEG frame folders) and rasterises the masks, all on the data CPUs, never in the training loop.
+4. The trainer splits the dataset across workers (``ray.train.get_dataset_shard``) and turns batches
+   into ``TrainSample``s (``pipelines.train.train_samples``). This module imports no deep-learning
+   library, so the decode actors start fast.
+
+Sample contents (MomentSeg 3.2.1, Eq. 4-5):
+
+- RefVOS: an expression, L low-resolution frames uniformly spread over the video (temporal tokens) and
+  N high-resolution *consecutive* frames from a stretch where the target is present, with their masks.
+  Choice where the paper is vague: a present frame p is drawn uniformly and the N-frame window is placed
+  at a random offset so that it contains p (clipped to the video); frames of the window where the target
+  happens to be absent keep their empty masks as targets.
+- TSG: a query, L low-resolution frames and per-frame labels for the ``[FIND]`` loss: frame i is inside
+  the moment when its centre time ``(i + 0.5) / fps`` lies in ``[start, end]``; every frame is in Omega.
+- Frames are resized to the configured (h, w) / (H, W) without keeping the aspect ratio (the MLLM's
+  processor and SAM2 resize to their own grids anyway; masks are resized the same way, nearest).
+- L uniform indices are the centres of L equal segments, ``floor((j + 0.5) T / L)``, repeating frames
+  when the video has fewer than L (fixed shapes for batching).
+- The prompt template variant (MomentSeg Table 16) is drawn per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from PIL import Image
+
+from actors import rle as rle_codec
+from actors.config import ConfigError
+from actors.decode import VideoDecoder
+from actors.model.prompts import FIND_ANSWERS
+from actors.uri import filesystem_for, join, redact
+from pipelines.formats import Dataset, Expression, Moment, RLETrack, VideoRecord, read_dataset
+from pipelines.train_config import SampleConfig, SourceConfig, TrainConfig
+
+MAX_DRAWS = 64  # items tried for one sample before giving up (RefVOS items whose target is never visible)
+
+
+# ------------------------------------------------------------------------------------------ catalog
+@dataclass(frozen=True)
+class RefVOSItem:
+    video_id: str
+    expression: Expression
+
+
+@dataclass(frozen=True)
+class TSGItem:
+    moment: Moment
+
+
+@dataclass
+class SourceCatalog:
+    """One source: its config, its videos (RefVOS) and the items samples are drawn from."""
+
+    name: str
+    config: SourceConfig
+    items: list[RefVOSItem | TSGItem]
+    videos: dict[str, VideoRecord] = field(default_factory=dict)
+
+    def video_uri(self, video_id: str) -> str | None:
+        if self.config.videos_uri is None:
+            return None
+        return join(self.config.videos_uri, f"{video_id}{self.config.video_ext}")
+
+
+@dataclass
+class Catalog:
+    """All sources and their normalised mixture weights."""
+
+    sources: list[SourceCatalog]
+    weights: np.ndarray
+
+    def summary(self) -> dict[str, int]:
+        return {source.name: len(source.items) for source in self.sources}
+
+
+def _require_exists(uri: str, options: Mapping[str, Any], key: str) -> None:
+    fs, path = filesystem_for(uri, options)
+    if not fs.exists(path):
+        raise ConfigError(f"{key}: {redact(uri)} does not exist")
+
+
+def _check_videos(name: str, source: SourceConfig, video_ids: Sequence[str]) -> None:
+    """Every needed ``<videos_uri>/<id><ext>`` exists (one listing of the folder, not one request per video)."""
+    key = f"sources.{name}.videos_uri"
+    assert source.videos_uri is not None
+    _require_exists(source.videos_uri, source.storage_options, key)
+    fs, root = filesystem_for(source.videos_uri, source.storage_options)
+    prefix = root.rstrip("/") + "/"
+    present = {fs._strip_protocol(p)[len(prefix):] for p in fs.find(root)}  # noqa: SLF001 - find may keep the protocol
+    missing = sorted({v for v in video_ids if f"{v}{source.video_ext}" not in present})
+    if missing:
+        shown = ", ".join(redact(join(source.videos_uri, f"{v}{source.video_ext}")) for v in missing[:5])
+        raise ConfigError(f"{key}: {len(missing)} videos do not exist, e.g. {shown}")
+
+
+def _read_source(name: str, source: SourceConfig) -> SourceCatalog:
+    _require_exists(source.uri, source.storage_options, f"sources.{name}.uri")
+    dataset: Dataset = read_dataset(source.format, source.uri, source.storage_options, source.split)
+    if source.task == "tsg":
+        items: list[RefVOSItem | TSGItem] = [TSGItem(m) for m in dataset.moments]
+        video_ids = [m.video_id for m in dataset.moments]
+        videos: dict[str, VideoRecord] = {}
+    else:
+        videos = {vid: v for vid, v in dataset.videos.items() if v.tracks}
+        items = [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions if e.obj_ids]
+        video_ids = [item.video_id for item in items]
+        for video_id in sorted(set(video_ids)):
+            if source.videos_uri is None and videos[video_id].frames_uri is None:
+                raise ConfigError(f"sources.{name}: video {video_id!r} has no frame folder; set videos_uri")
+    if not items:
+        what = "moments" if source.task == "tsg" else "expressions with target masks"
+        raise ConfigError(f"sources.{name}: {redact(source.uri)} holds no {what}")
+    if source.videos_uri is not None:
+        _check_videos(name, source, video_ids)
+    return SourceCatalog(name, source, items, videos)
+
+
+def read_catalog(config: TrainConfig) -> Catalog:
+    """Open every source of ``config`` (driver side); errors name the config key and the path."""
+    sources = [_read_source(name, source) for name, source in config.sources.items()]
+    weights = np.array([s.config.weight for s in sources], dtype=np.float64)
+    return Catalog(sources, weights / weights.sum())
+
+
+# ------------------------------------------------------------------------------------------ planning
+def lowres_indices(num_frames: int, count: int) -> np.ndarray:
+    """``count`` indices at the centres of ``count`` equal segments of the video (repeats when T < count)."""
+    if num_frames < 1:
+        raise ValueError("video has no frames")
+    indices = np.floor((np.arange(count) + 0.5) * num_frames / count).astype(np.int64)
+    return np.minimum(indices, num_frames - 1)
+
+
+def keyframe_window(present: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` consecutive frame indices containing a random frame where ``present`` (T,) is true."""
+    frames = np.flatnonzero(present)
+    if frames.size == 0:
+        raise ValueError("the target is never present")
+    anchor = int(rng.choice(frames))
+    start = anchor - int(rng.integers(count))
+    start = min(max(start, 0), max(len(present) - count, 0))
+    return np.minimum(np.arange(start, start + count), len(present) - 1)
+
+
+def moment_labels(indices: np.ndarray, fps: float, start: float, end: float) -> np.ndarray:
+    """1 where frame ``indices`` have their centre time inside ``[start, end]`` seconds, else 0 (uint8)."""
+    centres = (indices.astype(np.float64) + 0.5) / fps
+    return ((centres >= start) & (centres <= end)).astype(np.uint8)
+
+
+def present_frames(record: VideoRecord, expression: Expression) -> np.ndarray:
+    """(T,) bool: frames where any target object is visible (RLE areas, no decoding, when tracks are RLE)."""
+    present = np.zeros(record.num_frames, dtype=bool)
+    for obj_id in expression.obj_ids:
+        track = record.tracks[obj_id]
+        for t in range(record.num_frames):
+            if present[t]:
+                continue
+            if isinstance(track, RLETrack):
+                rle = track.rles[t]
+                present[t] = rle is not None and rle_codec.area(rle) > 0
+            else:
+                mask = track.frame_mask(t)
+                present[t] = mask is not None and bool(mask.any())
+    return present
+
+
+# ------------------------------------------------------------------------------------------ frames
+def _resize(frames: np.ndarray, size: Sequence[int], resample: int) -> np.ndarray:
+    height, width = int(size[0]), int(size[1])
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), resample)) for f in frames])
+
+
+class JpegFrames:
+    """Frames of a JPEG folder layout (``<frames_uri>/<name>.jpg``), decoded with PIL and resized."""
+
+    def __init__(self, record: VideoRecord, storage_options: Mapping[str, Any]) -> None:
+        if record.frames_uri is None:
+            raise ValueError(f"video {record.video_id!r} has no frame folder")
+        self.record = record
+        self.fs, self.root = filesystem_for(record.frames_uri, storage_options)
+
+    @property
+    def num_frames(self) -> int:
+        return self.record.num_frames
+
+    def get(self, indices: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        cache: dict[int, np.ndarray] = {}
+        for index in sorted(set(indices.tolist())):
+            path = f"{self.root}/{self.record.frame_names[index]}.jpg"
+            with self.fs.open(path, "rb") as handle:
+                image = Image.open(handle).convert("RGB").resize((int(size[1]), int(size[0])), Image.BILINEAR)
+            cache[index] = np.asarray(image)
+        return np.stack([cache[i] for i in indices.tolist()])
+
+    def close(self) -> None:
+        return None
+
+
+class SampleBuilder:
+    """Ray Data stage: global sample index -> one decoded, resized training sample (a dict of arrays).
+
+    ``setup`` is the constructor (fetches the catalog once per actor); ``__call__`` builds one row.
+    """
+
+    def __init__(self, catalog_refs: list[ray.ObjectRef], data: SampleConfig, seed: int) -> None:
+        self.catalog: Catalog = ray.get(catalog_refs[0])
+        self.data = data
+        self.seed = seed
+        self._presence: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        index = int(row["index"])
+        draw = index % self.data.fixed_pool if self.data.fixed_pool else index
+        rng = np.random.default_rng([self.seed, draw])
+        template = int(rng.integers(len(FIND_ANSWERS)))
+        for _ in range(MAX_DRAWS):
+            source_index = int(rng.choice(len(self.catalog.sources), p=self.catalog.weights))
+            source = self.catalog.sources[source_index]
+            item_index = int(rng.integers(len(source.items)))
+            item = source.items[item_index]
+            if isinstance(item, TSGItem):
+                return self._tsg(index, source, item, template)
+            present = self._present(source_index, item_index, source, item)
+            if present.any():
+                return self._refvos(index, source, item, present, template, rng)
+        raise RuntimeError(f"sample {index}: no item with a visible target in {MAX_DRAWS} draws")
+
+    def _present(self, source_index: int, item_index: int, source: SourceCatalog, item: RefVOSItem) -> np.ndarray:
+        key = (source_index, item_index)
+        if key not in self._presence:
+            self._presence[key] = present_frames(source.videos[item.video_id], item.expression)
+        return self._presence[key]
+
+    def _frames(self, source: SourceCatalog, video_id: str) -> VideoDecoder | JpegFrames:
+        uri = source.video_uri(video_id)
+        if uri is None:
+            return JpegFrames(source.videos[video_id], source.config.storage_options)
+        return VideoDecoder(uri, source.config.storage_options)
+
+    def _empty(self, index: int, source: SourceCatalog, task: str, video_id: str, text: str,
+               template: int) -> dict[str, Any]:
+        data = self.data
+        (h, w), (hh, ww) = data.lowres_size, data.keyframe_size
+        return {
+            "index": index, "task": task, "source": source.name, "video_id": video_id, "expression": text,
+            "template": template,
+            "lowres": np.zeros((data.lowres_frames, h, w, 3), np.uint8),
+            "key_frames": np.zeros((data.key_frames, hh, ww, 3), np.uint8),
+            "masks": np.zeros((data.key_frames, hh, ww), np.uint8),
+            "frame_labels": np.zeros(data.lowres_frames, np.uint8),
+        }
+
+    def _tsg(self, index: int, source: SourceCatalog, item: TSGItem, template: int) -> dict[str, Any]:
+        moment = item.moment
+        out = self._empty(index, source, "tsg", moment.video_id, moment.text, template)
+        frames = self._frames(source, moment.video_id)
+        try:
+            indices = lowres_indices(frames.num_frames, self.data.lowres_frames)
+            out["lowres"] = frames.get(indices, tuple(self.data.lowres_size))
+            out["frame_labels"] = moment_labels(indices, frames.fps, moment.start, moment.end)
+        finally:
+            frames.close()
+        return out
+
+    def _refvos(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray, template: int,
+                rng: np.random.Generator) -> dict[str, Any]:
+        record = source.videos[item.video_id]
+        out = self._empty(index, source, "refvos", item.video_id, item.expression.text, template)
+        window = keyframe_window(present, self.data.key_frames, rng)
+        frames = self._frames(source, item.video_id)
+        try:
+            if frames.num_frames != record.num_frames:
+                raise ValueError(f"{source.name} video {item.video_id!r}: the video has {frames.num_frames} frames, "
+                                 f"the annotations {record.num_frames}")
+            out["lowres"] = frames.get(lowres_indices(record.num_frames, self.data.lowres_frames),
+                                       tuple(self.data.lowres_size))
+            out["key_frames"] = frames.get(window, tuple(self.data.keyframe_size))
+        finally:
+            frames.close()
+        masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
+        out["masks"] = _resize(masks, self.data.keyframe_size, Image.NEAREST)
+        return out
+
+
+# ------------------------------------------------------------------------------------------ dataset
+def sample_dataset(catalog: Catalog, data: SampleConfig, seed: int, start: int, count: int) -> ray.data.Dataset:
+    """Samples ``start .. start + count - 1`` as a Ray Data dataset built by ``data.decode_actors`` actors."""
+    if count < 1:
+        raise ValueError(f"sample count must be >= 1, got {count}")
+    indices = np.arange(start, start + count, dtype=np.int64)
+    blocks = [pa.table({"index": chunk}) for chunk in np.array_split(indices, -(-count // data.rows_per_block))]
+    return ray.data.from_arrow(blocks).map(
+        SampleBuilder,
+        fn_constructor_kwargs={"catalog_refs": [ray.put(catalog)], "data": data, "seed": seed},
+        compute=ray.data.ActorPoolStrategy(size=data.decode_actors),
+        num_cpus=data.cpus_per_actor,
+    )
+

@@ -1,0 +1,115 @@
+"""``vrseg train`` end to end: tiny model, 2 CPU workers (gloo), real Ray Data decoding of a procedural
+corpus, checkpoints in a moto S3 bucket, resume, export loaded by the labeling model loader."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actors.config import ConfigError, load_config
+from actors.model.checkpoints import build_model, load_exported
+from pipelines.synthetic_cli import SynthConfig, write_corpus
+from pipelines.train import LOSS_PARTS, learning_rate_factor, parse_state, run_training
+from pipelines.train_config import TrainConfig, load_model_config, load_train_config
+
+PARTS = ("lm", "find", "mask_bce", "mask_dice")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(load_config(SynthConfig, "configs/synth/tiny.yaml", ["output.layouts=[mp4,mevis,charades]"]),
+                 str(root))
+    return root
+
+
+def tiny_config(corpus: Path, *overrides: str) -> TrainConfig:
+    return load_train_config("configs/train/tiny.yaml", [f"data_root={corpus}", *overrides])
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    factors = [learning_rate_factor(s, 2, 10, 0.1) for s in range(11)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
+    assert factors[10] == pytest.approx(0.1)
+
+
+def test_malformed_config_and_missing_paths_fail_before_any_worker(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        tiny_config(corpus, "optim.learning_rate=0.1")
+    with pytest.raises(ConfigError, match="num_workers must be >= 1"):
+        tiny_config(corpus, "num_workers=0")
+    with pytest.raises(ConfigError, match=r"model_config .*mllm.lora.rank must be >= 1"):
+        load_model_config(tiny_config(corpus, "model_overrides=[mllm.lora.rank=0]"))
+    storage = tmp_path / "runs"
+    missing = tmp_path / "no_such_corpus"
+    for override, key in ((f"sources.procedural_refvos.uri={missing}", "sources.procedural_refvos.uri"),
+                          (f"sources.procedural_tsg.videos_uri={missing}/videos", "sources.procedural_tsg.videos_uri")):
+        with pytest.raises(ConfigError, match=f"{key}: {missing}.* does not exist"):
+            run_training(tiny_config(corpus, override, f"storage_path={storage}"))
+    assert not storage.exists()  # nothing started, nothing written
+
+
+def _bucket_files(s3, prefix: str) -> set[str]:  # noqa: ANN001 - the conftest S3Endpoint
+    root = s3.uri(prefix)[len("s3://"):]
+    return {p[len(root) + 1:] for p in s3.filesystem().find(root)}
+
+
+def _optimizer_steps(s3, checkpoint: str) -> set[int]:  # noqa: ANN001
+    with s3.filesystem().open(f"{checkpoint[len('s3://'):]}/optimizer.pt", "rb") as handle:
+        state = torch.load(io.BytesIO(handle.read()), weights_only=True)
+    return {int(entry["step"]) for entry in state["state"].values()}
+
+
+def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local: None) -> None:  # noqa: ANN001
+    overrides = ("data.fixed_pool=4", "optim.warmup_steps=0", "checkpoint_every=3", "keep_checkpoints=2",
+                 f"storage_path={s3.uri('runs')}")
+    config = tiny_config(corpus, *overrides, "max_steps=6")
+    config.storage_options = s3.storage_options
+    first = run_training(config)
+    assert first.state.step == 6 and first.checkpoint_uri == s3.uri("runs/tiny/step_00000006")
+    files = _bucket_files(s3, "runs/tiny/step_00000006")
+    assert {"model/adapter/adapter_model.safetensors", "model/adapter/adapter_config.json",
+            "model/heads.safetensors", "model/sam2_decoder.safetensors", "optimizer.pt", "scheduler.pt",
+            "train_state.json"} <= files
+    assert _optimizer_steps(s3, first.checkpoint_uri) == {6}
+
+    # the same run asked to go further continues from step 6: history, step counter and AdamW state restored
+    resumed = tiny_config(corpus, *overrides, "max_steps=12")
+    resumed.storage_options = s3.storage_options
+    second = run_training(resumed)
+    assert second.state.step == 12 and second.state.samples == 12 * resumed.samples_per_step()
+    assert second.state.history[:6] == first.state.history
+    assert [m["step"] for m in second.state.history] == list(range(1, 13))
+    assert _optimizer_steps(s3, second.checkpoint_uri) == {12}
+    kept = {p.rsplit("/", 1)[-1] for p in s3.filesystem().ls(s3.uri("runs/tiny")[len("s3://"):])}
+    assert {"step_00000009", "step_00000012"} <= kept and "step_00000003" not in kept
+    state = parse_state(s3.filesystem().cat_file(f"{second.checkpoint_uri[len('s3://'):]}/train_state.json"))
+    assert state.step == 12
+
+    # a fixed pool of 4 samples is overfit: every loss part falls clearly
+    history = second.state.history
+    assert set(PARTS) <= set(history[0]) and set(PARTS) <= set(LOSS_PARTS)
+    first_values = {p: history[0][p] for p in PARTS}
+    last_values = {p: float(np.mean([m[p] for m in history[-3:]])) for p in PARTS}
+    assert last_values["lm"] < first_values["lm"] - 0.5, (first_values, last_values)
+    assert last_values["find"] < 0.5 * first_values["find"], (first_values, last_values)
+    assert last_values["mask_bce"] < 0.3 * first_values["mask_bce"], (first_values, last_values)
+    assert last_values["mask_dice"] < 0.8 * first_values["mask_dice"], (first_values, last_values)
+
+    # the exported directory loads as a labeling model and its outputs differ from the untrained model's
+    assert second.export_uri == s3.uri("runs/tiny/model")
+    trained = load_exported(second.export_uri, s3.storage_options)
+    untrained = build_model(load_model_config(resumed))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8)
+    expressions = ["the red circle", "the blue square moves left"]
+    with torch.no_grad():
+        scores = [m.mllm.moment_scores(frames, expressions) for m in (trained, untrained)]
+        prompts = [m.mllm.seg_prompts(frames[:2], expressions).prompts for m in (trained, untrained)]
+    assert scores[0].shape == (2, 8) and not torch.allclose(scores[0], scores[1], atol=1e-3)
+    assert not torch.allclose(prompts[0], prompts[1], atol=1e-3)

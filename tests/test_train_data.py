@@ -1,0 +1,126 @@
+"""The training-sample pipeline: planning functions, the catalog's checks, and real samples decoded from a
+procedural corpus (real mp4s through decord, real MeViS / Charades-STA files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors import rle as rle_codec
+from actors.config import ConfigError, load_config
+from pipelines.formats import Expression, RLETrack, VideoRecord
+from pipelines.synthetic import COLOURS
+from pipelines.synthetic_cli import SynthConfig, write_corpus
+from pipelines.train_config import TrainConfig, load_train_config
+from pipelines.train_data import (
+    SampleBuilder,
+    keyframe_window,
+    lowres_indices,
+    moment_labels,
+    present_frames,
+    read_catalog,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(load_config(SynthConfig, "configs/synth/tiny.yaml", ["output.layouts=[mp4,mevis,charades]"]),
+                 str(root))
+    return root
+
+
+def tiny_config(corpus: Path, *overrides: str) -> TrainConfig:
+    return load_train_config("configs/train/tiny.yaml", [f"data_root={corpus}", *overrides])
+
+
+def test_lowres_indices_are_segment_centres_and_repeat_on_short_videos() -> None:
+    assert lowres_indices(16, 4).tolist() == [2, 6, 10, 14]
+    assert lowres_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_keyframe_window_is_consecutive_and_holds_a_present_frame() -> None:
+    present = np.zeros(20, dtype=bool)
+    present[[3, 4, 17]] = True
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        window = keyframe_window(present, 4, rng)
+        assert np.array_equal(np.diff(window), np.ones(3))
+        assert 0 <= window[0] and window[-1] <= 19
+        assert present[window].any()
+    assert keyframe_window(present[:3] | np.array([True, False, False]), 5, rng).tolist() == [0, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="never present"):
+        keyframe_window(np.zeros(5, dtype=bool), 2, rng)
+
+
+def test_moment_labels_use_frame_centre_times() -> None:
+    # fps 2: centres at 0.25, 0.75, 1.25, 1.75, 2.25 s; moment [0.5, 1.5] holds frames 1 and 2
+    assert moment_labels(np.arange(5), 2.0, 0.5, 1.5).tolist() == [0, 1, 1, 0, 0]
+
+
+def test_present_frames_reads_rle_areas_of_every_target_object() -> None:
+    empty = rle_codec.encode(np.zeros((4, 4), dtype=bool))
+    dot = np.zeros((4, 4), dtype=bool)
+    dot[1, 1] = True
+    record = VideoRecord("v", ["0", "1", "2", "3"], 4, 4, tracks={
+        "a": RLETrack([None, dict(rle_codec.encode(dot)), dict(empty), None], 4, 4),
+        "b": RLETrack([None, None, None, dict(rle_codec.encode(dot))], 4, 4),
+    })
+    assert present_frames(record, Expression("e", "x", ("a", "b"))).tolist() == [False, True, False, True]
+
+
+def test_catalog_names_missing_locations_and_videos(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sources\.procedural_tsg\.uri: .*nowhere\.txt does not exist"):
+        read_catalog(tiny_config(corpus, f"sources.procedural_tsg.uri={tmp_path}/nowhere.txt"))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "tiny_00000.mp4").write_bytes((corpus / "videos" / "tiny_00000.mp4").read_bytes())
+    with pytest.raises(ConfigError, match=r"sources\.procedural_refvos\.videos_uri: 2 videos do not exist.*tiny_00001"):
+        read_catalog(tiny_config(corpus, f"sources.procedural_refvos.videos_uri={videos}"))
+    catalog = read_catalog(tiny_config(corpus))
+    truth = _ground_truth(corpus).values()
+    with_target = sum(1 for video in truth for e in video["expressions"] if e["obj_ids"])
+    moments = sum(len(video["moments"]) for video in truth)
+    assert with_target < sum(len(video["expressions"]) for video in truth)  # no-target expressions are left out
+    assert catalog.summary() == {"procedural_refvos": with_target, "procedural_tsg": moments}
+    assert catalog.weights.tolist() == [0.5, 0.5]
+
+
+def _ground_truth(corpus: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (corpus / "ground_truth.jsonl").read_text().splitlines()]
+    return {row["video_id"]: row for row in rows}
+
+
+def test_samples_decode_frames_masks_and_moment_labels(corpus: Path, ray_local: None) -> None:
+    import ray
+
+    config = tiny_config(corpus, "data.keyframe_size=[48,64]", "data.lowres_size=[24,32]")
+    catalog = read_catalog(config)
+    builder = SampleBuilder([ray.put(catalog)], config.data, seed=3)
+    truth = _ground_truth(corpus)
+    rows = [builder({"index": i}) for i in range(12)]
+    assert {r["task"] for r in rows} == {"refvos", "tsg"}
+    for row in rows:
+        assert row["lowres"].shape == (8, 24, 32, 3) and row["key_frames"].shape == (2, 48, 64, 3)
+        assert row["lowres"].mean() > 10  # decoded pixels, not the zero placeholder
+        if row["task"] == "refvos":
+            # key frames at the corpus' native 48x64: the pixels under the mask show the target's colour
+            video = truth[row["video_id"]]
+            expression = next(e for e in video["expressions"] if e["text"] == row["expression"])
+            targets = [COLOURS[o["colour"]] for o in video["objects"] if o["obj_id"] in expression["obj_ids"]]
+            pixels = row["key_frames"][row["masks"] == 1].astype(float)  # (P, 3)
+            assert len(pixels) > 0
+            palette = np.array(list(COLOURS.values()), dtype=float)
+            nearest = palette[np.argmin(((pixels[:, None] - palette[None]) ** 2).sum(-1), axis=1)]
+            on_target = np.any([np.all(nearest == t, axis=1) for t in targets], axis=0)
+            assert on_target.mean() > 0.8
+        else:
+            moment = next(m for m in truth[row["video_id"]]["moments"] if m["text"] == row["expression"])
+            first, last = moment["frames"]  # the moment spans frames first..last inclusive
+            expected = [int(first <= i <= last) for i in lowres_indices(16, 8)]
+            assert row["frame_labels"].tolist() == expected
+    again = SampleBuilder([ray.put(catalog)], config.data, seed=3)({"index": 5})
+    assert again["expression"] == rows[5]["expression"] and np.array_equal(again["masks"], rows[5]["masks"])
