@@ -60,6 +60,7 @@ import decord
 import numpy as np
 from PIL import Image
 
+from actors.retry import is_transient, with_retries
 from actors.uri import filesystem_for, protocol_of, redact
 
 Size = tuple[int, int]
@@ -321,7 +322,7 @@ class VideoDecoder:
         """A local path holding the video's bytes (the file itself, or a scratch copy), and its size."""
         fs, path = filesystem_for(self.uri, storage_options)
         try:
-            info = fs.info(path)
+            info = with_retries(lambda: fs.info(path), f"stat {self.uri}")
             if info.get("type") == "directory":
                 raise DecodeError(self.uri, "not_video", "is a directory, not a video file")
             num_bytes = int(info.get("size") or 0)
@@ -332,7 +333,7 @@ class VideoDecoder:
                     pass
                 return path, num_bytes
             local = os.path.join(self._scratch, "video")
-            fs.get_file(path, local)
+            with_retries(lambda: fs.get_file(path, local), f"fetch {self.uri}")
             return local, os.path.getsize(local)
         except DecodeError:
             raise
@@ -342,8 +343,10 @@ class VideoDecoder:
             raise DecodeError(self.uri, "missing", "no such object or file") from exc
         except PermissionError as exc:
             raise DecodeError(self.uri, "unreadable", f"access denied: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise DecodeError(self.uri, "io", f"reading the video failed: {exc!r}") from exc
+        except Exception as exc:
+            if isinstance(exc, OSError | TimeoutError) or is_transient(exc):
+                raise DecodeError(self.uri, "io", f"reading the video failed: {exc!r}") from exc
+            raise
 
     def _probe(self) -> tuple[int, int, int, float]:
         """Native (height, width) after rotation, declared frame count and frame rate, via the container."""

@@ -21,22 +21,18 @@ and "Reliability"):
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import random
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
-import botocore.exceptions
 from fsspec.implementations.local import LocalFileSystem
 
+from actors.retry import RetryPolicy, is_transient, with_retries
 from actors.uri import filesystem_for, join, redact
 
 T = TypeVar("T")
@@ -45,15 +41,6 @@ log = logging.getLogger(__name__)
 COMMIT_DIR = "_committed"
 MARKER_FORMAT = 1
 
-_TRANSIENT_ERRNOS = frozenset(
-    {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT,
-     errno.EPIPE, getattr(errno, "EREMOTEIO", errno.EIO)}
-)
-_TRANSIENT_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
-     "Throttling", "ThrottlingException", "TooManyRequests", "503", "500", "502", "504"}
-)
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 class StorageError(Exception):
@@ -66,91 +53,6 @@ class StorageError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.uri, self.message))
-
-
-# ---------------------------------------------------------------------------------------------- retries
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: attempt k (from 1) waits ``min(max_delay, initial_delay * multiplier**(k-1))``
-    scaled by a random factor in ``[1 - jitter, 1]`` (jitter spreads out workers that failed together)."""
-
-    attempts: int = 6
-    initial_delay: float = 0.1
-    max_delay: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"retry.attempts must be >= 1, got {self.attempts}")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1 or not 0 <= self.jitter <= 1:
-            raise ValueError(f"invalid retry policy {self}")
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
-        return base * (1 - self.jitter * random.random())
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying may help: 5xx/429 and throttling replies, connection resets, timeouts.
-
-    The exception and its causes are inspected (s3fs translates a 503 into ``OSError(EBUSY)`` caused
-    by botocore's ``ClientError``). Missing, denied and invalid requests are permanent.
-    """
-    if isinstance(exc, _PERMANENT):
-        return False
-    for cause in _causes(exc):
-        if isinstance(cause, ConnectionError | TimeoutError):
-            return True
-        if isinstance(cause, botocore.exceptions.ClientError):
-            error = cause.response.get("Error", {})
-            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return error.get("Code") in _TRANSIENT_CODES or status >= 500 or status == 429
-        if isinstance(
-            cause,
-            botocore.exceptions.ConnectionError
-            | botocore.exceptions.HTTPClientError
-            | aiohttp.ClientConnectionError
-            | aiohttp.ClientPayloadError,
-        ):
-            return True
-        if isinstance(cause, OSError) and cause.errno in _TRANSIENT_ERRNOS:
-            return True
-    return False
-
-
-def with_retries(
-    operation: Callable[[], T],
-    what: str,
-    policy: RetryPolicy | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """``operation()``, retried per ``policy`` while it fails with a transient error.
-
-    ``what`` names the operation and its URI in log lines; the last transient error is re-raised
-    when the attempts run out, permanent errors at once.
-    """
-    policy = policy or RetryPolicy()
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return operation()
-        except Exception as exc:
-            if attempt == policy.attempts or not is_transient(exc):
-                raise
-            wait = policy.delay(attempt)
-            log.warning("%s: transient error (attempt %d/%d), retrying in %.2fs: %r",
-                        redact(what), attempt, policy.attempts, wait, exc)
-            sleep(wait)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -281,8 +183,10 @@ class OutputStore:
             return with_retries(operation, f"{what} {self.uri(relpath)}", self.retry)
         except FileNotFoundError:
             raise
-        except OSError as exc:
-            raise StorageError(self.uri(relpath), f"{what} failed: {exc!r}") from exc
+        except Exception as exc:
+            if isinstance(exc, OSError) or is_transient(exc):
+                raise StorageError(self.uri(relpath), f"{what} failed: {exc!r}") from exc
+            raise
 
     # ------------------------------------------------------------------ files
     def write_bytes(self, relpath: str, data: bytes) -> WrittenFile:
@@ -356,6 +260,10 @@ class OutputStore:
             names = with_retries(lambda: self.fs.find(directory), what, self.retry)
         except FileNotFoundError:
             return {}
+        except Exception as exc:
+            if isinstance(exc, OSError) or is_transient(exc):
+                raise StorageError(join(self.root, COMMIT_DIR), f"listing commit markers failed: {exc!r}") from exc
+            raise
         # Keys never start with "." (video_key encodes it), so dot-names are interrupted temporary writes.
         markers = [n for n in names if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
         if not markers:
@@ -370,8 +278,10 @@ class OutputStore:
             if not isinstance(data, bytes):
                 try:
                     data = with_retries(lambda name=name: self.fs.cat_file(name), f"read {source}", self.retry)
-                except OSError as exc:
-                    raise StorageError(source, f"reading the commit marker failed: {exc!r}") from exc
+                except Exception as exc:
+                    if isinstance(exc, OSError) or is_transient(exc):
+                        raise StorageError(source, f"reading the commit marker failed: {exc!r}") from exc
+                    raise
             record = CommitRecord.from_json(data, source)
             records[record.video_id] = record
         return records
