@@ -330,7 +330,7 @@ class MaskStage:
                    key_frames: KeyFrames) -> list[_KeyMasks]:
         out = [_KeyMasks() for _ in samples]
         for (frame, e), prediction in self._frame_predictions(samples, prompts, key_frames).items():
-            out[e].masks[frame] = (prediction.mask_logits[0] > self.config.mask_threshold).numpy()
+            out[e].masks[frame] = (prediction.mask_logits[0] > self.config.mask_threshold).cpu().numpy()
             out[e].confidence[frame] = float(torch.sigmoid(prediction.object_score_logits[0]))
         return out
 
@@ -460,7 +460,7 @@ class _MaskWriter:
     def from_logits(self, logits: torch.Tensor) -> rle_codec.RLE:
         if tuple(logits.shape) != self.size:
             logits = F.interpolate(logits[None, None], size=self.size, mode="bilinear", align_corners=False)[0, 0]
-        return rle_codec.encode((logits > self.threshold).numpy())
+        return rle_codec.encode((logits > self.threshold).cpu().numpy())
 
     def from_mask(self, mask: np.ndarray) -> rle_codec.RLE:
         logits = torch.from_numpy(mask.astype(np.float32) * 2.0 - 1.0)

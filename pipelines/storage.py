@@ -253,8 +253,12 @@ class OutputStore:
         return CommitRecord.from_json(data, self.uri(relpath))
 
     def committed(self) -> dict[str, CommitRecord]:
-        """Every committed video: ``video_id -> CommitRecord`` (one listing, then the markers read in bulk)."""
+        """Every committed video: ``video_id -> CommitRecord`` (one listing, then the markers read in bulk).
+
+        The listing bypasses fsspec's cache: markers are written by other processes (the pipeline's actors).
+        """
         directory = f"{self._root_path}/{COMMIT_DIR}"
+        self.fs.invalidate_cache(directory)
         what = f"list {join(self.root, COMMIT_DIR)}"
         try:
             names = with_retries(lambda: self.fs.find(directory), what, self.retry)

@@ -255,8 +255,22 @@ def load_sa2va(
 
 
 # ---------------------------------------------------------------------------------------- build / load
+HEADS_SEED = 0
+
+
 def build_model(config: ModelConfig) -> SegModel:
-    """The network of ``config``: backbone (or tiny), Sa2VA mapping, adapter, heads, SAM2 and its decoder."""
+    """The network of ``config``: backbone (or tiny), Sa2VA mapping, adapter, heads, SAM2 and its decoder.
+
+    Parts the config gives no weights for (the tiny model's heads, new token rows) are initialised under a
+    fixed seed, so every process that builds the same config holds the same network; the global RNG is
+    left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEADS_SEED)
+        return _build_model(config)
+
+
+def _build_model(config: ModelConfig) -> SegModel:
     mllm_config, options = config.mllm, config.mllm.storage_options
     qwen, processor = load_backbone(
         mllm_config.backbone, mllm_config.dtype, options, with_weights=mllm_config.sa2va_uri is None

@@ -1,0 +1,112 @@
+"""The MLLM half of a labeling job as a Ray Data stage: ``[FIND]`` + sampling + ``[SEG]``.
+
+``MLLMWorker`` (GPU pool on a cluster) receives the low-res frames from ``actors.frames.LowresDecoder``,
+loads the model once, then per video: ``[FIND]`` relevance over every frame with the video prefix shared by
+all expressions (step 3), the sampler inline (step 4), the union of key frames decoded by random access at
+the key-frame size, and ``[SEG]`` prompts (step 5). It passes on only the samples, the relevance curves
+and the prompt embeddings (numpy); the ``Propagator`` re-opens the video for its own frames.
+
+The sizes are those of ``actors.engine.VideoLabeler.label``: key frames are decoded at
+``max(keyframe_side, SAM2 input size)`` (longer side) and resized for the MLLM, so the pipeline's outputs
+equal the single-process engine's on the same videos.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from actors.decode import DecoderConfig, FrameChunk, fit_within
+from actors.engine import (
+    EngineConfig,
+    ExpressionQuery,
+    KeyFrames,
+    PromptStage,
+    key_frame_union,
+    sample_expressions,
+)
+from actors.frames import open_source
+from actors.model.checkpoints import build_model
+from actors.model.config import ModelConfig
+from actors.model.segmllm import SegModel, SegPrompts
+from actors.sampling import SampleResult, make_sampler
+from actors.video_rows import LowresVideo, StageRunner, VideoSource, payload_of
+
+
+def load_inference_model(config: ModelConfig) -> SegModel:
+    """The network of ``config`` in eval mode (``build_model`` seeds what the config gives no weights for,
+    so every actor and every run holds the same network)."""
+    return build_model(config).eval()
+
+
+def queries_of(row: dict[str, Any]) -> list[ExpressionQuery]:
+    """The expressions of a labeling row, in order."""
+    return [ExpressionQuery(q["expr_id"], q["text"]) for q in json.loads(row["queries"])]
+
+
+def inference_device() -> torch.device:
+    """The GPU Ray gave this actor (``num_gpus`` > 0 in its pool), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def key_side(config: EngineConfig, sam2_image_size: int) -> int:
+    """Longer side at which key frames are decoded: enough for both the MLLM and SAM2."""
+    return max(config.keyframe_side, sam2_image_size)
+
+
+@dataclass
+class VideoPrompts:
+    """``MLLMWorker``'s output: per expression its sample, ``[FIND]`` curve (T,) and SAM2 prompts."""
+
+    num_frames: int
+    samples: list[SampleResult]
+    relevance: np.ndarray  # (E, T) float32
+    prompts: list[dict[str, np.ndarray]]  # SegPrompts fields (batch of one) as numpy, None fields left out
+
+    def seg_prompts(self, device: torch.device) -> list[SegPrompts]:
+        return [SegPrompts(**{k: torch.from_numpy(v).to(device) for k, v in p.items()}) for p in self.prompts]
+
+
+def _prompts_to_numpy(prompts: SegPrompts) -> dict[str, np.ndarray]:
+    return {k: v.float().cpu().numpy() for k, v in vars(prompts).items() if v is not None}
+
+
+class MLLMWorker:
+    """Ray Data stage (actor pool, ``num_gpus`` from config): ``LowresVideo`` -> ``VideoPrompts``."""
+
+    def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig,
+                 storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
+        torch.set_num_threads(torch_threads)
+        network = load_inference_model(model)
+        if engine.sampling.method == "tks" and not network.mllm.config.tda.enabled:
+            raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
+        self.stage = PromptStage(network.mllm.to(inference_device()), engine)
+        self.key_side = key_side(engine, network.sam2.image_size)
+        del network.sam2  # the Propagator holds SAM2
+        self.engine, self.decoder, self.storage_options = engine, decoder, storage_options
+        self.sampler = make_sampler(engine.sampling)
+        self.runner = StageRunner("mllm", self.prompt)
+
+    def prompt(self, row: dict[str, Any]) -> VideoPrompts:
+        lowres: LowresVideo = payload_of(row)
+        texts = [q.text for q in queries_of(row)]
+        relevance = self.stage.relevance(FrameChunk(lowres.indices, lowres.frames), texts, lowres.num_frames,
+                                         lowres.fps)
+        samples = sample_expressions(self.sampler, relevance, self.engine.sampling.k)
+        union = key_frame_union(samples)
+        height, width = lowres.height, lowres.width
+        with open_source(VideoSource.from_json(row["source"]), self.storage_options, self.decoder) as video:
+            decoded = KeyFrames(union, video.get(union, fit_within(height, width, self.key_side)))
+        mllm_frames = decoded.resized(fit_within(height, width, self.engine.keyframe_side))
+        prompts = self.stage.prompts(samples, texts, mllm_frames, lowres.frames, lowres.fps)
+        return VideoPrompts(lowres.num_frames, samples, relevance.astype(np.float32),
+                            [_prompts_to_numpy(p) for p in prompts])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.runner(batch)

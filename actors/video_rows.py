@@ -1,0 +1,182 @@
+"""The row every labeling stage passes on: one video, what is known about it so far, or why it failed.
+
+Each stage (``LowresDecoder`` -> ``MLLMWorker`` -> ``Propagator`` -> writer) takes a batch of these rows as an
+Arrow table and returns one row per input row with the same schema (``VIDEO_ROW_SCHEMA``), so blocks never
+need schema unification:
+
+- ``video_id``; ``source``: JSON telling ``actors.frames.open_source`` how to open the video (a video file
+  URI, or a folder of frame images with their names); ``queries``: JSON list of ``{expr_id, text}``;
+- ``failure``: empty, or JSON ``{stage, kind, message}`` once a stage failed on the video (later stages pass
+  the row on untouched, the writer records it);
+- ``timings``: JSON ``{stage: seconds}``, each stage adding its own;
+- ``payload``: the previous stage's result for the next one (pickled dataclasses: small arrays only, never
+  a full-resolution frame stack); empty on failure.
+
+This module imports no torch: the decode and write stages load it without the model stack.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from actors.uri import redact
+
+VIDEO_ROW_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("queries", pa.string(), nullable=False),
+    pa.field("failure", pa.string(), nullable=False),
+    pa.field("timings", pa.string(), nullable=False),
+    pa.field("payload", pa.large_binary(), nullable=False),
+])
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """Where a video's frames are: ``video_uri`` (encoded video) or ``frames_uri`` + ``frame_names``.
+
+    ``frame_names`` may accompany a video file too (a benchmark's frame names, used for PNG outputs).
+    """
+
+    video_uri: str | None = None
+    frames_uri: str | None = None
+    frame_names: list[str] = field(default_factory=list)
+    fps: float | None = None
+    extension: str = "jpg"
+
+    def __post_init__(self) -> None:
+        if (self.video_uri is None) == (self.frames_uri is None):
+            raise ValueError("a video source is either a video_uri or a frames_uri, not both or neither")
+        if self.frames_uri is not None and not self.frame_names:
+            raise ValueError(f"{redact(self.frames_uri)}: a frame folder source needs its frame names")
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, [])})
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoSource:
+        return cls(**json.loads(text))
+
+    @property
+    def uri(self) -> str:
+        return self.video_uri if self.video_uri is not None else self.frames_uri  # type: ignore[return-value]
+
+    def frame_name(self, index: int) -> str:
+        """The name of frame ``index``: the source's own, else its zero-padded number."""
+        return self.frame_names[index] if index < len(self.frame_names) else f"{index:05d}"
+
+
+@dataclass
+class LowresVideo:
+    """``LowresDecoder``'s payload: the video's geometry and its L low-res frames."""
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    indices: np.ndarray  # (L,) int64
+    frames: np.ndarray  # (L, h, w, 3) uint8
+
+
+@dataclass
+class ExpressionTrack:
+    """One expression's masks: ``counts`` (T,) COCO RLE strings at the video's size, ``scores`` (T,)."""
+
+    expr_id: str
+    counts: list[str]
+    scores: np.ndarray
+    anchor: int
+    key_frames: list[int]
+    reseeded: list[int]
+
+
+@dataclass
+class VideoMasks:
+    """``Propagator``'s payload for one video (what the writer writes)."""
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    tracks: list[ExpressionTrack]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a stage gave up on a video: ``kind`` is a short machine tag, ``message`` redacted text."""
+
+    stage: str
+    kind: str
+    message: str
+
+    def to_json(self) -> str:
+        return json.dumps({"stage": self.stage, "kind": self.kind, "message": self.message})
+
+    @classmethod
+    def from_json(cls, text: str) -> Failure:
+        raw = json.loads(text)
+        return cls(raw["stage"], raw["kind"], raw["message"])
+
+    @classmethod
+    def of(cls, stage: str, exc: BaseException) -> Failure:
+        """The failure of ``exc``: ``kind`` from its ``kind`` attribute (``DecodeError``) or its type name."""
+        kind = getattr(exc, "kind", None) or type(exc).__name__
+        message = redact(str(exc)) or type(exc).__name__
+        return cls(stage, str(kind), message[:MAX_MESSAGE_CHARS])
+
+
+def payload_of(row: dict[str, Any]) -> Any:  # noqa: ANN401 - the previous stage's dataclass
+    return pickle.loads(row["payload"])
+
+
+TRANSIENT_KINDS = frozenset({"io"})  # ``DecodeError`` kinds worth another attempt (storage hiccups)
+
+
+class StageRunner:
+    """Applies one stage's per-video function to a batch, turning exceptions into failure rows.
+
+    ``work(row) -> payload`` runs for rows without a failure; its wall time is added to ``timings`` under
+    ``stage``. An error whose ``kind`` is transient (``TRANSIENT_KINDS``) is retried up to ``attempts`` times
+    with exponential backoff (``backoff`` seconds, doubling) before it counts. A failed row is passed on with
+    an empty payload; rows that failed earlier pass untouched.
+    """
+
+    def __init__(self, stage: str, work: Callable[[dict[str, Any]], Any], attempts: int = 4,
+                 backoff: float = 0.5) -> None:
+        self.stage, self.work, self.attempts, self.backoff = stage, work, attempts, backoff
+
+    def _attempt(self, row: dict[str, Any]) -> Any:  # noqa: ANN401 - the stage's payload
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self.work(row)
+            except Exception as exc:
+                if attempt == self.attempts or getattr(exc, "kind", None) not in TRANSIENT_KINDS:
+                    raise
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.one(row) for row in batch.to_pylist()], schema=VIDEO_ROW_SCHEMA)
+
+    def one(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["failure"]:
+            return row
+        timings = json.loads(row["timings"])
+        start = time.perf_counter()
+        try:
+            payload = pickle.dumps(self._attempt(row), protocol=pickle.HIGHEST_PROTOCOL)
+            failure = ""
+        except Exception as exc:  # every per-video failure becomes a row; the job goes on
+            payload, failure = b"", Failure.of(self.stage, exc).to_json()
+        timings[self.stage] = timings.get(self.stage, 0.0) + time.perf_counter() - start
+        return {**row, "failure": failure, "timings": json.dumps(timings), "payload": payload}
+

@@ -1,0 +1,362 @@
+"""``vrseg label``: label a corpus in object storage with masks for every (video, expression), on Ray Data.
+
+The program reads top to bottom as the data flow (ARCHITECTURE "One video through the labeling pipeline"):
+
+1. inputs: a manifest read by Ray Data (``pipelines.manifest``), a benchmark (``--from-dataset``) or a
+   folder of videos with one expressions file; bad rows / expressions become error rows;
+2. resume: videos whose commit marker exists under ``--output`` are skipped;
+3. one row per remaining video flows through fixed-size actor pools with explicit batch sizes:
+   ``LowresDecoder`` (CPU) -> ``MLLMWorker`` ([FIND], sampling inline, [SEG]; ``num_gpus`` from config)
+   -> ``Propagator`` (SAM2 key-frame masks + BAP) -> ``VideoWriter`` (Parquet masks, optional PNGs, then
+   the commit marker). Rows carry low-res frames, samples and prompt embeddings only: the actors that need
+   key frames or the full stream open the video themselves, so no full-resolution frame stack ever enters
+   the object store and memory stays bounded on long videos (the engine streams frames in chunks);
+4. the driver shows progress, then writes ``errors/errors.parquet`` (input issues of this run's inputs and
+   the failures of this run's videos: the current failure set, since failed videos are never committed
+   and so are retried by the next run), optional overlay videos and ``run.json``.
+
+Exactly once: a video's files are written before its marker; a video redone (a worker killed mid-video,
+Ray Data retrying its task; the driver killed and the command re-run) is rewritten with the same bytes
+under the same names, and a reader sees only committed videos. Worker actors are restarted by Ray Data
+(``max_restarts=-1``, tasks retried) when they die.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.config import ConfigError, to_plain
+from actors.frames import LowresDecoder
+from actors.mllm import MLLMWorker
+from actors.model.config import ModelConfig
+from actors.propagate import Propagator
+from actors.uri import join, protocol_of, redact, storage_options_for
+from actors.video_rows import Failure
+from pipelines.formats import FormatError, read_dataset
+from pipelines.label_config import LabelConfig, PoolConfig, load_label_config
+from pipelines.label_writer import VideoWriter
+from pipelines.manifest import (
+    InputIssue,
+    LabelEntry,
+    LabelInputs,
+    drop_duplicates,
+    entries_from_dataset,
+    entries_from_folder,
+    read_manifest,
+)
+from pipelines.overlays import write_overlays
+from pipelines.storage import OutputStore, StorageError
+
+DATASET_FORMATS = ("mevis", "revos", "reasonvos", "refytvos", "refdavis17")
+ERRORS_FILE = "errors/errors.parquet"
+RUN_RECORD = "run.json"
+MAX_BLOCKS = 20_000
+ERROR_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string()),
+    pa.field("expr_id", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+])
+PACKAGES = ("torch", "ray", "sam2", "transformers", "peft", "decord", "pyarrow", "fsspec", "s3fs", "numpy")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What to label: exactly one of a manifest, a benchmark (format + annotations) or a video folder."""
+
+    manifest: str | None = None
+    dataset_format: str | None = None
+    annotations: str | None = None
+    split: str | None = None
+    videos: str | None = None
+    expressions: str | None = None
+
+    def __post_init__(self) -> None:
+        chosen = [self.manifest is not None, self.dataset_format is not None, self.videos is not None]
+        if sum(chosen) != 1:
+            raise ValueError("give exactly one of --manifest, --from-dataset, --videos")
+        if self.dataset_format is not None and (self.annotations is None or self.dataset_format not in DATASET_FORMATS):
+            raise ValueError(f"--from-dataset needs one of {DATASET_FORMATS} and --annotations")
+        if self.videos is not None and self.expressions is None:
+            raise ValueError("--videos needs --expressions (a .txt or .json file)")
+
+    def uris(self) -> list[str]:
+        return [u for u in (self.manifest, self.annotations, self.videos, self.expressions) if u is not None]
+
+
+@dataclass
+class LabelRun:
+    """What a run did: counts, error rows (``ERROR_SCHEMA`` dicts), summed per-stage seconds, wall time."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    expressions_done: int = 0
+    frames_done: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    overlays: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------- setup
+def ensure_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, else start a local instance; nothing if Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def resolved_storage_options(config: LabelConfig, uris: Sequence[str]) -> dict[str, Any]:
+    """Options every actor gets explicitly: the config's, completed from the AWS environment for s3 URIs
+    (actors on other nodes do not share the driver's environment)."""
+    if any(protocol_of(uri) in ("s3", "s3a") for uri in uris):
+        return storage_options_for("s3://", config.storage_options)
+    return dict(config.storage_options)
+
+
+def read_inputs(spec: InputSpec, config: LabelConfig, options: Mapping[str, Any]) -> LabelInputs:
+    if spec.manifest is not None:
+        return read_manifest(spec.manifest, options, config.inputs)
+    if spec.dataset_format is not None:
+        dataset = read_dataset(spec.dataset_format, spec.annotations, options, spec.split)  # type: ignore[arg-type]
+        return drop_duplicates(entries_from_dataset(dataset, config.inputs))
+    return drop_duplicates(entries_from_folder(spec.videos, spec.expressions, options, config.inputs))  # type: ignore[arg-type]
+
+
+def _row(entry: LabelEntry) -> dict[str, Any]:
+    queries = [{"expr_id": expr_id, "text": text} for expr_id, text in entry.queries]
+    return {"video_id": entry.video_id, "source": entry.source.to_json(), "queries": json.dumps(queries),
+            "failure": "", "timings": "{}", "payload": b""}
+
+
+def _pool(pool: PoolConfig) -> dict[str, Any]:
+    import ray.data
+
+    return {"compute": ray.data.ActorPoolStrategy(size=pool.size), "batch_size": pool.batch_size,
+            "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "batch_format": "pyarrow"}
+
+
+def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
+                   options: Mapping[str, Any], png: bool) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+    """The Ray Data program: one row per video through decode -> mllm -> propagate -> write."""
+    import ray.data
+
+    decoder, engine, pools = config.decoder_config(), config.engine, config.pools
+    # One video per block (a retried block redoes one video), up to MAX_BLOCKS blocks for huge corpora.
+    rows = ray.data.from_items([_row(e) for e in entries], override_num_blocks=min(len(entries), MAX_BLOCKS))
+    lowres = rows.map_batches(LowresDecoder, fn_constructor_kwargs={
+        "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": decoder, "storage_options": options},
+        **_pool(pools.decode))
+    prompted = lowres.map_batches(MLLMWorker, fn_constructor_kwargs={
+        "model": model, "engine": engine, "decoder": decoder, "storage_options": options,
+        "torch_threads": pools.mllm.threads()}, **_pool(pools.mllm))
+    masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
+        "model": model, "engine": engine, "decoder": decoder, "storage_options": options,
+        "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
+    return masks.map_batches(VideoWriter, fn_constructor_kwargs={
+        "output_uri": output_uri, "storage_options": options, "png": png}, **_pool(pools.write))
+
+
+def _issue_row(issue: InputIssue) -> dict[str, Any]:
+    return {"video_id": issue.video_id, "expr_id": issue.expr_id, "stage": "input", "kind": issue.kind,
+            "message": redact(issue.message)}
+
+
+def _failure_row(video_id: str, failure: Failure) -> dict[str, Any]:
+    return {"video_id": video_id, "expr_id": None, "stage": failure.stage, "kind": failure.kind,
+            "message": redact(failure.message)}
+
+
+class Progress:
+    """A progress bar over the pending videos with videos/s and expressions/s."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="video", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+        self.start, self.expressions = time.perf_counter(), 0
+
+    def update(self, expressions: int, failed: int) -> None:
+        self.expressions += expressions
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{(self.bar.n + 1) / elapsed:.2f} videos/s, {self.expressions / elapsed:.2f} expr/s, "
+                                 f"{failed} failed", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------- the job
+def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig, *, png: bool = False,
+          overlays: int = 0, address: str | None = None, progress: bool = True,
+          argv: Sequence[str] = ()) -> LabelRun:
+    """Label everything ``spec`` names into ``output_uri`` (see the module docstring); returns the run's record.
+
+    Raises ``FormatError`` / ``StorageError`` / ``FileNotFoundError`` when the inputs or the output cannot
+    be read at all; per-item problems are error rows in the result, never exceptions.
+    """
+    import ray.data
+
+    start = time.perf_counter()
+    options = resolved_storage_options(config, [*spec.uris(), output_uri])
+    ensure_ray(address, config.ray.num_cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    store = OutputStore(output_uri, options)
+    inputs = read_inputs(spec, config, options)
+    committed = store.committed()
+    pending = [e for e in inputs.entries if e.video_id not in committed]
+    result = LabelRun(total=len(inputs.entries), skipped=len(inputs.entries) - len(pending))
+    result.errors = [_issue_row(issue) for issue in inputs.issues]
+    if pending:
+        bar = Progress(len(pending), progress)
+        for row in build_pipeline(pending, output_uri, config, model, options, png).iter_rows():
+            for stage, seconds in json.loads(row["timings"]).items():
+                result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+            if row["failure"]:
+                result.failed += 1
+                result.errors.append(_failure_row(row["video_id"], Failure.from_json(row["failure"])))
+            else:
+                result.done += 1
+                result.expressions_done += row["num_expressions"]
+                result.frames_done += row["num_frames"] * row["num_expressions"]
+            bar.update(row["num_expressions"], result.failed)
+        bar.close()
+    store.write_bytes(ERRORS_FILE, _errors_parquet(result.errors))
+    if overlays > 0:
+        depth = max(len(e.queries) for e in inputs.entries) if inputs.entries else 0
+        items = [(e.video_id, e.source, *e.queries[i]) for i in range(depth) for e in inputs.entries
+                 if i < len(e.queries)]  # round robin: the first expression of every video first
+        result.overlays = write_overlays(output_uri, items, overlays, options, config.decoder_config())
+    result.wall_seconds = time.perf_counter() - start
+    store.write_bytes(RUN_RECORD, json.dumps(run_record(result, spec, output_uri, config, model, argv),
+                                             indent=2).encode("utf-8"))
+    return result
+
+
+def _errors_parquet(errors: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), buffer)
+    return buffer.getvalue()
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in ("vrseg", *PACKAGES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _redact_argument(argument: str) -> str:
+    """``storage_options.secret=VALUE`` -> ``storage_options.secret=***`` (any credential-named key)."""
+    key, equals, value = argument.partition("=")
+    name = key.rsplit(".", 1)[-1]
+    return f"{key}=***" if equals and redact({name: value})[name] == "***" else argument
+
+
+def run_record(result: LabelRun, spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig,
+               argv: Sequence[str]) -> dict[str, Any]:
+    """``run.json``: what ran, with what, on what, and what came of it (credentials redacted)."""
+    kinds = Counter(e["kind"] for e in result.errors)
+    return redact({
+        "command": [_redact_argument(a) for a in argv],
+        "inputs": {k: v for k, v in vars(spec).items() if v is not None},
+        "output": output_uri,
+        "config": to_plain(config),
+        "model": {"config_file": str(config.model.path()), "overrides": list(config.model.overrides),
+                  "config": to_plain(model)},
+        "versions": _versions(),
+        "counts": {"videos": result.total, "done": result.done, "skipped_committed": result.skipped,
+                   "failed": result.failed, "expressions_done": result.expressions_done,
+                   "masks_written": result.frames_done, "error_rows": len(result.errors)},
+        "failures": {"by_kind": dict(sorted(kinds.items())), "first": result.errors[:100]},
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(result.stage_seconds.items())},
+        "wall_seconds": round(result.wall_seconds, 3),
+        "overlays": result.overlays,
+    })
+
+
+# ---------------------------------------------------------------------------------------- command line
+def summary_line(result: LabelRun) -> str:
+    return (f"vrseg label: {result.done} done, {result.skipped} skipped as already done, {result.failed} failed "
+            f"({len(result.errors)} error rows), {result.expressions_done} expressions in "
+            f"{result.wall_seconds:.1f}s")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        spec = InputSpec(manifest=args.manifest, dataset_format=args.from_dataset, annotations=args.annotations,
+                         split=args.split, videos=args.videos, expressions=args.expressions)
+        config, model = load_label_config(args.config, args.overrides)
+        result = label(spec, args.output, config, model, png=args.png, overlays=args.overlays,
+                       address=args.address, progress=not args.no_progress, argv=sys.argv)
+    except (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"vrseg label: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    print(summary_line(result))
+    print(f"vrseg label: outputs under {redact(args.output)} (masks/, errors/, run.json)")
+    if result.errors:
+        kinds = Counter(e["kind"] for e in result.errors)
+        listing = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        print(f"vrseg label: {'warning: ' if args.allow_failures else ''}{len(result.errors)} failures ({listing}); "
+              f"see {redact(join(args.output, ERRORS_FILE))}", file=sys.stderr)
+        return 0 if args.allow_failures else 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("label", help="label a corpus with masks on Ray Data (resumable, exactly once)",
+                                   description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSON lines / Parquet manifest (file or folder; path, file://, s3://)")
+    source.add_argument("--from-dataset", choices=DATASET_FORMATS, help="label a benchmark read from --annotations")
+    source.add_argument("--videos", help="a folder of video files (labeled with --expressions)")
+    parser.add_argument("--annotations", help="benchmark root for --from-dataset")
+    parser.add_argument("--split", default=None, help="benchmark split for --from-dataset (revos, refytvos, refdavis17)")
+    parser.add_argument("--expressions", help="with --videos: .txt (one expression per line, every video) or .json")
+    parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
+    parser.add_argument("--config", required=True, help="configs/label/<name>.yaml")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
+    parser.add_argument("--png", action="store_true", help="also write the PNG layout under png/")
+    parser.add_argument("--overlays", type=int, default=0, metavar="N", help="write N overlay videos under overlays/")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pools.mllm.size=2")
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.label ARGS`` = ``vrseg label ARGS``."""
+    parser = argparse.ArgumentParser(prog="vrseg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["label", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

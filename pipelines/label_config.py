@@ -1,0 +1,126 @@
+"""``LabelConfig``: the schema of ``configs/label/*.yaml`` (``vrseg label``).
+
+Sections: ``model`` (which ``configs/model/*.yaml`` to build, with overrides), ``engine``
+(``actors.engine.EngineConfig``: sampling, BAP, frame sizes), ``decoder`` (``actors.decode.DecoderConfig``
+keys), ``inputs`` (limits that turn a manifest entry into an error row), ``pools`` (one fixed-size actor
+pool per stage: actors, batch size, CPUs / GPUs per actor, torch threads), ``ray`` (the local instance
+started when no cluster address is given) and ``storage_options`` (object-store access for every URI; the
+standard AWS environment variables fill in what is not set here).
+
+Loaded with ``actors.config.load_config``; the model config it names is loaded and validated by
+``LabelConfig.model_config()`` before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from actors.config import load_config
+from actors.decode import DecoderConfig
+from actors.engine import EngineConfig
+from actors.model.config import ModelConfig
+from pipelines.manifest import InputLimits
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ModelSection:
+    """``config``: a ``configs/model/*.yaml`` path (relative paths are tried from the working directory,
+    then from the project root); ``overrides``: ``key=value`` strings applied to it (weight URIs)."""
+
+    config: str = MISSING
+    overrides: list[str] = field(default_factory=list)
+
+    def path(self) -> Path:
+        path = Path(self.config)
+        if path.is_absolute() or path.exists():
+            return path
+        return PROJECT_ROOT / path
+
+
+@dataclass
+class PoolConfig:
+    """One stage's fixed actor pool: ``size`` actors, ``batch_size`` videos per call, resources per actor.
+
+    ``torch_threads``: intra-op threads each actor gives torch (None: ``max(1, int(num_cpus))``); more
+    threads than the CPUs an actor owns make every actor on the node slower.
+    """
+
+    size: int = 1
+    batch_size: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.batch_size < 1:
+            raise ValueError(f"pool size and batch_size must be >= 1, got {self.size}, {self.batch_size}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError(f"pool num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"pool torch_threads must be >= 1, got {self.torch_threads}")
+
+    def threads(self) -> int:
+        return self.torch_threads if self.torch_threads is not None else max(1, int(self.num_cpus))
+
+
+@dataclass
+class PoolsConfig:
+    """decode (low-res frames, CPU) -> mllm ([FIND], sampling, [SEG]) -> propagate (SAM2, BAP) -> write."""
+
+    decode: PoolConfig = field(default_factory=lambda: PoolConfig(num_cpus=0.25))
+    mllm: PoolConfig = field(default_factory=PoolConfig)
+    propagate: PoolConfig = field(default_factory=PoolConfig)
+    write: PoolConfig = field(default_factory=lambda: PoolConfig(num_cpus=0.25))
+
+
+@dataclass
+class RayConfig:
+    """The local Ray instance started when neither ``--address`` nor ``RAY_ADDRESS`` names a cluster."""
+
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"ray.num_cpus must be >= 1 or null, got {self.num_cpus}")
+
+
+@dataclass
+class LabelConfig:
+    """``vrseg label`` configuration (see the module docstring).
+
+    ``decoder`` holds ``actors.decode.DecoderConfig`` keys (a plain mapping because that dataclass is
+    frozen, which OmegaConf cannot merge into); unknown keys are rejected at load time.
+    """
+
+    model: ModelSection = field(default_factory=ModelSection)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    decoder: dict[str, Any] = field(default_factory=dict)
+    inputs: InputLimits = field(default_factory=InputLimits)
+    pools: PoolsConfig = field(default_factory=PoolsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.decoder_config()
+
+    def decoder_config(self) -> DecoderConfig:
+        try:
+            return DecoderConfig(**self.decoder)
+        except TypeError as exc:
+            raise ValueError(f"decoder: {exc}") from None
+
+    def model_config(self) -> ModelConfig:
+        """The model config this labeling config names (``ConfigError`` naming the file if it is invalid)."""
+        return load_config(ModelConfig, self.model.path(), self.model.overrides)
+
+
+def load_label_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[LabelConfig, ModelConfig]:
+    """The labeling config at ``path`` with ``overrides``, and the model config it names, both validated."""
+    config = load_config(LabelConfig, path, overrides)
+    return config, config.model_config()
