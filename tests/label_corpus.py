@@ -116,3 +116,28 @@ def label_cli(argv: list[str]) -> int:
     from pipelines.label import main
 
     return main(argv)
+
+
+def engine_masks_of(videos: list[tuple[str, Path, list[dict[str, str]]]]) -> dict[tuple[str, str], list[str]]:
+    """``engine_masks`` for other videos: ``(video_id, local path, [{expr_id, text}, ...])`` each, labeled by
+    ``VideoLabeler`` in this process (the reference for videos outside the corpus)."""
+    import torch
+
+    from actors.decode import VideoDecoder
+    from actors.engine import ExpressionQuery, VideoLabeler
+    from actors.mllm import load_inference_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config, model = load_label_config(LABEL_CONFIG)
+    network = load_inference_model(model)
+    labeler = VideoLabeler(network.mllm, network.sam2, config.engine)
+    out = {}
+    for video_id, path, expressions in videos:
+        queries = [ExpressionQuery(e["expr_id"], e["text"]) for e in expressions]
+        with VideoDecoder(str(path), None, config.decoder_config()) as video:
+            labels = labeler.label(video, queries)
+        for expression in labels.expressions:
+            out[(video_id, expression.expr_id)] = [r["counts"] for r in expression.rles]
+    torch.set_num_threads(threads)
+    return out
