@@ -6,7 +6,9 @@ labeling pipeline", steps 2-6). Work is shared across the expressions of the vid
 - the low-resolution frames for temporal tokens are decoded once, and ``SegMLLM.moment_scores`` computes
   the video prefix once for every expression (MomentSeg 3.2.1);
 - the union of all expressions' key frames is decoded once, by random access, at the larger of the
-  MLLM's key-frame size and SAM2's input size, and resized for each consumer (no second decode);
+  MLLM's key-frame size and SAM2's input size, and resized for each consumer; only the anchors are
+  decoded once more, at SAM2's size by the reader that streams, so that the frames objects are tracked
+  through never depend on which expressions share the video;
 - expressions with the same key frames share one ``seg_prompts`` call (one visual prefix);
 - each key frame's SAM2 image features are computed once and decoded with the prompts of every
   expression that sampled it;
@@ -145,7 +147,8 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 class StreamedFrames:
     """A frame source for one propagation pass: frames come from the decoder's chunked stream in the pass's
-    order, with a few frames (the anchors, already decoded as key frames) served from memory."""
+    order, with a few frames (the anchors, needed to seed objects before the stream reaches them) served
+    from memory."""
 
     def __init__(self, source: FrameSource, start: int, direction: int, size: tuple[int, int], chunk_size: int,
                  preloaded: dict[int, np.ndarray]) -> None:
@@ -283,7 +286,11 @@ class MaskStage:
             samples = self._select_keyframes(samples, prompts, key_frames)
         key_masks = self._key_masks(samples, prompts, key_frames)
         anchors = [int(s.anchor) if s.anchor is not None else int(s.key_frames[0]) for s in samples]
-        preloaded = {a: key_frames.take([a])[0] for a in anchors}
+        # The anchors' frames as the propagation stream decodes them (decord at SAM2 size), not the resized
+        # key frames: other objects track through these frames, and their pixels must not depend on which
+        # expressions share the video.
+        anchor_frames = sorted(set(anchors))
+        preloaded = dict(zip(anchor_frames, source.get(anchor_frames, self.frame_size), strict=True))
         outputs = self._propagate(source, samples, anchors, key_masks, preloaded)
         return [
             ExpressionMasks(rles, scores, anchors[e], samples[e].key_frames.tolist(), reseeded)

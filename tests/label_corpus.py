@@ -59,27 +59,11 @@ def label_config(s3: Any, overrides: list[str] | None = None) -> tuple[LabelConf
 
 @functools.lru_cache(maxsize=1)
 def engine_masks() -> dict[tuple[str, str], list[str]]:
-    """``(video_id, expr_id) -> RLE counts per frame`` from ``VideoLabeler`` in this process (the reference)."""
-    import torch
-
-    from actors.decode import VideoDecoder
-    from actors.engine import ExpressionQuery, VideoLabeler
-    from actors.mllm import load_inference_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    config, model = load_label_config(LABEL_CONFIG)
-    network = load_inference_model(model)
-    labeler = VideoLabeler(network.mllm, network.sam2, config.engine)
-    out = {}
-    for row in manifest_rows():
-        queries = [ExpressionQuery(e["expr_id"], e["text"]) for e in row["expressions"]]
-        with VideoDecoder(str(local_corpus() / "videos" / Path(row["video_uri"]).name)) as video:
-            labels = labeler.label(video, queries)
-        for expression in labels.expressions:
-            out[(row["video_id"], expression.expr_id)] = [r["counts"] for r in expression.rles]
-    torch.set_num_threads(threads)
-    return out
+    """``(video_id, expr_id) -> RLE counts per frame`` of the corpus from ``VideoLabeler`` in this process."""
+    return engine_masks_of([
+        (row["video_id"], local_corpus() / "videos" / Path(row["video_uri"]).name, row["expressions"])
+        for row in manifest_rows()
+    ])
 
 
 def read_masks(s3: Any, output: str) -> dict[tuple[str, str], list[tuple[int, str]]]:  # noqa: ANN401

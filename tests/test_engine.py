@@ -105,6 +105,35 @@ def test_batched_equals_per_expression(model, short_video):
         assert min(ious) >= 0.999, (query, ious)
 
 
+def test_objects_with_different_anchors_match_their_single_runs(model, short_video):
+    """Two expressions anchored on different frames share one session; each equals its run alone."""
+    video, path = short_video
+    queries = _queries(video)[:2]
+    labeler = _labeler(model)
+    curves = np.full((2, video.num_frames), -5.0)
+    curves[0, 3:7] = 5.0
+    curves[1, 12:16] = 5.0
+    samples = sample_expressions(make_sampler(labeler.config.sampling), curves, labeler.config.sampling.k)
+    assert samples[0].anchor != samples[1].anchor
+
+    def segment(indices: list[int]) -> list:
+        with VideoDecoder(path) as source:
+            chosen = [samples[i] for i in indices]
+            union = key_frame_union(chosen)
+            decoded = KeyFrames(union, source.get(union, (source.height, source.width)))
+            lowres = source.uniform(8, (56, 56))
+            prompts = labeler.prompt_stage.prompts(
+                chosen, [queries[i].text for i in indices], decoded.resized((112, 112)), lowres.frames
+            )
+            return labeler.mask_stage.segment(source, chosen, prompts, decoded.resized(labeler.mask_stage.frame_size))
+
+    together = segment([0, 1])
+    for i in (0, 1):
+        alone = segment([i])[0]
+        assert alone.anchor == together[i].anchor
+        assert min(_iou(a, b) for a, b in zip(alone.rles, together[i].rles, strict=True)) >= 0.999
+
+
 def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
     """With the relevance curve of a late target (its visible frames), MCS anchors in the second half and
     the mask stage starts propagation there and still labels every frame."""
