@@ -16,8 +16,10 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 - every ``checkpoint_every`` steps and at ``max_steps`` a checkpoint goes through ``ray.train.report`` to
   ``<storage_path>/<name>/step_<N>``: ``model/`` (PEFT adapter, ``heads.safetensors``,
   ``sam2_decoder.safetensors``), ``optimizer.pt``, ``scheduler.pt``, ``train_state.json`` (step, samples,
-  loss history). Re-running the same command resumes from the latest one (Ray Train V2 restores it by
-  ``RunConfig(name, storage_path)``; the driver reads its step to continue the sample sequence);
+  loss history). Re-running the same command resumes from the latest complete one: the driver finds it in
+  storage (every checkpoint file present, so a run killed mid-upload is skipped), builds the data from its
+  step on and hands its URI to the workers, which restore exactly that checkpoint (Ray Train's own record
+  may lag a hard kill by the second it takes to write it);
 - at the end rank 0 exports a model directory (``actors.model.checkpoints.export_model``) that labeling
   loads by config (``model.yaml`` inside it, or ``checkpoints.load_exported``).
 
@@ -49,7 +51,13 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from actors.config import ConfigError
-from actors.model.checkpoints import build_model, export_model, load_trainable, save_trainable
+from actors.model.checkpoints import (
+    build_model,
+    export_model,
+    load_trainable,
+    local_directory,
+    save_trainable,
+)
 from actors.model.config import ModelConfig
 from actors.model.segmllm import SegModel, TrainSample
 from actors.uri import filesystem_for, join, protocol_of, redact
@@ -63,6 +71,9 @@ MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 STEP_PREFIX = "step_"
+CHECKPOINT_FILES = frozenset({STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, f"{MODEL_DIR}/heads.safetensors",
+                              f"{MODEL_DIR}/sam2_decoder.safetensors", f"{MODEL_DIR}/adapter/adapter_config.json",
+                              f"{MODEL_DIR}/adapter/adapter_model.safetensors"})
 
 
 @dataclass
@@ -209,10 +220,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = build_model(model_config)
     model.enable_training()
     state, optimizer_state, scheduler_state = TrainState(), None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state, optimizer_state, scheduler_state = _restore(model, Path(directory))
+    if loop_config["resume_uri"] is not None:  # the driver's choice, which its data offset assumes
+        with local_directory(loop_config["resume_uri"], config.storage_options) as directory:
+            state, optimizer_state, scheduler_state = _restore(model, directory)
+    if state.step != loop_config["start_step"]:
+        raise RuntimeError(f"worker {rank}: restored step {state.step}, the data starts at step "
+                           f"{loop_config['start_step']}")
     parallel = ParallelModel(model, config.scaling.strategy)
     optimizer, scheduler = make_optimizer(parallel.wrapped, config)
     if optimizer_state is not None:
@@ -310,10 +323,13 @@ def latest_checkpoint(config: TrainConfig) -> tuple[str, TrainState] | None:
     for name in steps:
         if not name.startswith(STEP_PREFIX):
             continue
+        files = {os.path.relpath(f, f"{path}/{name}") for f in fs.find(f"{path}/{name}")}
+        if not CHECKPOINT_FILES <= files:
+            continue  # partly uploaded (killed mid-upload) or being deleted
         try:
             return join(run_uri, name), parse_state(fs.cat_file(f"{path}/{name}/{STATE_FILE}"))
         except FileNotFoundError:
-            continue  # being written or being deleted
+            continue  # deleted meanwhile
     return None
 
 
@@ -342,7 +358,8 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
     )
     return TorchTrainer(
         train_loop,
-        train_loop_config={"config": config, "model_config": model_config},
+        train_loop_config={"config": config, "model_config": model_config, "start_step": start_step,
+                           "resume_uri": resumed[0] if resumed else None},
         scaling_config=scaling,
         run_config=run_config,
         datasets={"train": dataset},
