@@ -9,26 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_corpus import tiny_config, write_train_corpus
 
-from actors.config import ConfigError, load_config
+from actors.config import ConfigError
 from actors.model.checkpoints import build_model, load_exported
-from pipelines.synthetic_cli import SynthConfig, write_corpus
 from pipelines.train import LOSS_PARTS, learning_rate_factor, parse_state, run_training
-from pipelines.train_config import TrainConfig, load_model_config, load_train_config
+from pipelines.train_config import load_model_config
 
 PARTS = ("lm", "find", "mask_bce", "mask_dice")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    write_corpus(load_config(SynthConfig, "configs/synth/tiny.yaml", ["output.layouts=[mp4,mevis,charades]"]),
-                 str(root))
-    return root
+    return write_train_corpus(tmp_path_factory.mktemp("corpus"))
 
-
-def tiny_config(corpus: Path, *overrides: str) -> TrainConfig:
-    return load_train_config("configs/train/tiny.yaml", [f"data_root={corpus}", *overrides])
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_corpus import tiny_config, write_train_corpus
 
 from actors import rle as rle_codec
-from actors.config import ConfigError, load_config
+from actors.config import ConfigError
 from pipelines.formats import Expression, RLETrack, VideoRecord
 from pipelines.synthetic import COLOURS
-from pipelines.synthetic_cli import SynthConfig, write_corpus
-from pipelines.train_config import TrainConfig, load_train_config
 from pipelines.train_data import (
     SampleBuilder,
     keyframe_window,
@@ -27,14 +26,8 @@ from pipelines.train_data import (
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    write_corpus(load_config(SynthConfig, "configs/synth/tiny.yaml", ["output.layouts=[mp4,mevis,charades]"]),
-                 str(root))
-    return root
+    return write_train_corpus(tmp_path_factory.mktemp("corpus"))
 
-
-def tiny_config(corpus: Path, *overrides: str) -> TrainConfig:
-    return load_train_config("configs/train/tiny.yaml", [f"data_root={corpus}", *overrides])
 
 
 def test_lowres_indices_are_segment_centres_and_repeat_on_short_videos() -> None:
