@@ -159,6 +159,8 @@ class DecoderConfig:
     ``max_side``: native-size requests are downscaled so that the longer side is at most this.
     ``max_chunk_frames``: upper bound on ``stream``'s ``chunk_size`` (memory of one chunk).
     ``max_spill_bytes``: scratch-disk budget for backward streaming through long GOPs.
+    ``max_store_bytes``: scratch-disk budget for decoding a whole video once (``actors.frame_store``);
+    a larger video is read by random access and streaming instead.
     ``max_open_readers``: decord readers kept open (one per output size).
     ``num_threads``: decord decoding threads (0: ffmpeg's choice).
     ``scratch_dir``: where remote videos and spills are copied (None: the system temporary directory).
@@ -167,12 +169,13 @@ class DecoderConfig:
     max_side: int = 2048
     max_chunk_frames: int = 256
     max_spill_bytes: int = 1 << 30
+    max_store_bytes: int = 16 << 30
     max_open_readers: int = 1
     num_threads: int = 0
     scratch_dir: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_side", "max_chunk_frames", "max_spill_bytes", "max_open_readers"):
+        for name in ("max_side", "max_chunk_frames", "max_spill_bytes", "max_store_bytes", "max_open_readers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"decoder.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:

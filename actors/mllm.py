@@ -6,9 +6,10 @@ all expressions (step 3), the sampler inline (step 4), the union of key frames d
 the key-frame size, and ``[SEG]`` prompts (step 5). It passes on only the samples, the relevance curves
 and the prompt embeddings (numpy); the ``Propagator`` re-opens the video for its own frames.
 
-The sizes are those of ``actors.engine.VideoLabeler.label``: key frames are decoded at
-``max(keyframe_side, SAM2 input size)`` (longer side) and resized for the MLLM, so the pipeline's outputs
-equal the single-process engine's on the same videos.
+The sizes are those of ``actors.engine.VideoLabeler.label``: key frames are decoded at the engine's
+``source_size`` (SAM2's input size, or larger where the key frames need it) and resized for the MLLM, so the
+pipeline's outputs equal the single-process engine's on the same videos (random access and the
+Propagator's frame store give the same pixels at the same size).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from actors.engine import (
     PromptStage,
     key_frame_union,
     sample_expressions,
+    source_size,
 )
 from actors.frames import open_source
 from actors.model.checkpoints import build_model
@@ -53,11 +55,6 @@ def queries_of(row: dict[str, Any]) -> list[ExpressionQuery]:
 def inference_device() -> torch.device:
     """The GPU Ray gave this actor (``num_gpus`` > 0 in its pool), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def key_side(config: EngineConfig, sam2_image_size: int) -> int:
-    """Longer side at which key frames are decoded: enough for both the MLLM and SAM2."""
-    return max(config.keyframe_side, sam2_image_size)
 
 
 @dataclass
@@ -87,7 +84,7 @@ class MLLMWorker:
         if engine.sampling.method == "tks" and not network.mllm.config.tda.enabled:
             raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
         self.stage = PromptStage(network.mllm.to(inference_device()), engine)
-        self.key_side = key_side(engine, network.sam2.image_size)
+        self.sam2_image_size = network.sam2.image_size
         del network.sam2  # the Propagator holds SAM2
         self.engine, self.decoder, self.storage_options = engine, decoder, storage_options
         self.sampler = make_sampler(engine.sampling)
@@ -102,7 +99,7 @@ class MLLMWorker:
         union = key_frame_union(samples)
         height, width = lowres.height, lowres.width
         with open_source(VideoSource.from_json(row["source"]), self.storage_options, self.decoder) as video:
-            decoded = KeyFrames(union, video.get(union, fit_within(height, width, self.key_side)))
+            decoded = KeyFrames(union, video.get(union, source_size(self.engine, self.sam2_image_size, height, width)))
         mllm_frames = decoded.resized(fit_within(height, width, self.engine.keyframe_side))
         prompts = self.stage.prompts(samples, texts, mllm_frames, lowres.frames, lowres.fps)
         return VideoPrompts(lowres.num_frames, samples, relevance.astype(np.float32),

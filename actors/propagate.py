@@ -1,29 +1,39 @@
 """The SAM2 half of a labeling job as a Ray Data stage: key-frame masks from the prompts, then BAP.
 
-``Propagator`` holds SAM2 (loaded once per actor). Per video it opens the video itself, decodes the union
-of key frames by random access (at the size ``MLLMWorker`` used, resized to SAM2's input: the engine's
-exact path), runs ``actors.engine.MaskStage.segment`` (key-frame masks, optional TKS, BAP forward and
-backward over frames streamed in chunks: memory bounded whatever the length) and returns one COCO RLE and
-score per (expression, frame) (ARCHITECTURE step 6).
+``Propagator`` holds SAM2 (loaded once per actor). Per video it opens the video itself and decodes it once
+more into a local frame store (``actors.frame_store``) at the engine's source size, takes the key frames
+from it (the pixels ``MLLMWorker`` read by random access), runs ``actors.engine.MaskStage.segment``
+(key-frame masks, optional TKS, BAP forward and backward over frames streamed in chunks) into a
+``MaskSpool`` on local disk, and hands the spool to the injected ``MaskOutput``, which writes the video's
+mask files. Its output row carries only the tracks' metadata and the written files' records: memory and
+the object store stay bounded whatever the video's length (ARCHITECTURE steps 6-7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import pyarrow as pa
 import torch
 
-from actors.decode import DecoderConfig, fit_within
+from actors.decode import DecoderConfig
 from actors.engine import EngineConfig, KeyFrames, MaskStage, key_frame_union
+from actors.frame_store import frame_store
 from actors.frames import open_source
-from actors.mllm import VideoPrompts, inference_device, key_side, load_inference_model, queries_of
+from actors.mask_spool import MaskSpool
+from actors.mllm import VideoPrompts, inference_device, load_inference_model, queries_of
 from actors.model.checkpoints import load_sam2_decoder
 from actors.model.config import ModelConfig
 from actors.model.sam2_bridge import Sam2Bridge, build_sam2
 from actors.video_rows import ExpressionTrack, StageRunner, VideoMasks, VideoSource, payload_of
+
+
+class MaskOutput(Protocol):
+    """Writes one video's spooled masks where the job's outputs go; returns records of the files written."""
+
+    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
+              spool: MaskSpool) -> list[Any]: ...
 
 
 def load_sam2(config: ModelConfig) -> Sam2Bridge:
@@ -40,30 +50,32 @@ def load_sam2(config: ModelConfig) -> Sam2Bridge:
 class Propagator:
     """Ray Data stage (actor pool, ``num_gpus`` from config): ``VideoPrompts`` -> ``VideoMasks``."""
 
-    def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig,
+    def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
         self.device = inference_device()
         self.stage = MaskStage(load_sam2(model).to(self.device), engine)
-        self.key_side = key_side(engine, self.stage.frame_size[0])
-        self.decoder, self.storage_options = decoder, storage_options
+        self.decoder, self.output, self.storage_options = decoder, output, storage_options
         self.runner = StageRunner("propagate", self.propagate)
 
     def propagate(self, row: dict[str, Any]) -> VideoMasks:
         prompted: VideoPrompts = payload_of(row)
         queries = queries_of(row)
-        with open_source(VideoSource.from_json(row["source"]), self.storage_options, self.decoder) as video:
-            union = key_frame_union(prompted.samples)
-            decoded = KeyFrames(union, video.get(union, fit_within(video.height, video.width, self.key_side)))
-            masks = self.stage.segment(video, prompted.samples, prompted.seg_prompts(self.device),
-                                       decoded.resized(self.stage.frame_size))
+        source = VideoSource.from_json(row["source"])
+        with open_source(source, self.storage_options, self.decoder) as video:
+            size = self.stage.source_size(video.height, video.width)
             height, width, num_frames, fps = video.height, video.width, video.num_frames, video.fps
-        tracks = [
-            ExpressionTrack(query.expr_id, [r["counts"] for r in out.rles], out.scores.astype(np.float32),
-                            out.anchor, out.key_frames, out.reseeded)
-            for query, out in zip(queries, masks, strict=True)
-        ]
-        return VideoMasks(num_frames, fps, height, width, tracks)
+            with frame_store(video, size) as frames, MaskSpool(len(queries), num_frames,
+                                                               self.decoder.scratch_dir) as spool:
+                union = key_frame_union(prompted.samples)
+                decoded = KeyFrames(union, frames.get(union, size))
+                masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded,
+                                           spool)
+                files = self.output.write(row["video_id"], source, (height, width), [q.expr_id for q in queries],
+                                          spool)
+        tracks = [ExpressionTrack(query.expr_id, out.anchor, out.key_frames, out.reseeded)
+                  for query, out in zip(queries, masks, strict=True)]
+        return VideoMasks(num_frames, fps, height, width, tracks, files)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)

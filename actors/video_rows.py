@@ -89,11 +89,9 @@ class LowresVideo:
 
 @dataclass
 class ExpressionTrack:
-    """One expression's masks: ``counts`` (T,) COCO RLE strings at the video's size, ``scores`` (T,)."""
+    """What one expression's propagation did (its masks are in the video's mask files)."""
 
     expr_id: str
-    counts: list[str]
-    scores: np.ndarray
     anchor: int
     key_frames: list[int]
     reseeded: list[int]
@@ -101,13 +99,15 @@ class ExpressionTrack:
 
 @dataclass
 class VideoMasks:
-    """``Propagator``'s payload for one video (what the writer writes)."""
+    """``Propagator``'s payload for one video: its geometry, its tracks, and the mask files already written
+    (the output writer's records, which the commit marker lists)."""
 
     num_frames: int
     fps: float
     height: int
     width: int
     tracks: list[ExpressionTrack]
+    files: list[Any]
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
 2. resume: videos whose commit marker exists under ``--output`` are skipped;
 3. one row per remaining video flows through fixed-size actor pools with explicit batch sizes:
    ``LowresDecoder`` (CPU) -> ``MLLMWorker`` ([FIND], sampling inline, [SEG]; ``num_gpus`` from config)
-   -> ``Propagator`` (SAM2 key-frame masks + BAP) -> ``VideoWriter`` (Parquet masks, optional PNGs, then
-   the commit marker). Rows carry low-res frames, samples and prompt embeddings only: the actors that need
-   key frames or the full stream open the video themselves, so no full-resolution frame stack ever enters
-   the object store and memory stays bounded on long videos (the engine streams frames in chunks);
+   -> ``Propagator`` (SAM2 key-frame masks + BAP, masks spooled to local disk and written as the video's
+   Parquet file and optional PNGs) -> ``VideoWriter`` (the commit marker). Rows carry low-res frames,
+   samples, prompt embeddings and file records only: the actors that need key frames or the full stream
+   open the video themselves, and masks never travel between stages, so no frame stack and no video's
+   masks ever enter the object store, and memory stays bounded on long videos (the engine streams frames
+   in chunks and spools masks to local disk);
 4. the driver shows progress, then writes ``errors/errors.parquet`` (input issues of this run's inputs and
    the failures of this run's videos: the current failure set, since failed videos are never committed
    and so are retried by the next run), optional overlay videos and ``run.json``.
@@ -47,7 +49,7 @@ from actors.uri import join, protocol_of, redact, storage_options_for
 from actors.video_rows import Failure
 from pipelines.formats import FormatError, read_dataset
 from pipelines.label_config import LabelConfig, PoolConfig, load_label_config
-from pipelines.label_writer import VideoWriter
+from pipelines.label_writer import MaskFileWriter, VideoWriter
 from pipelines.manifest import (
     InputIssue,
     LabelEntry,
@@ -173,10 +175,10 @@ def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: Label
         "model": model, "engine": engine, "decoder": decoder, "storage_options": options,
         "torch_threads": pools.mllm.threads()}, **_pool(pools.mllm))
     masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
-        "model": model, "engine": engine, "decoder": decoder, "storage_options": options,
-        "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
+        "model": model, "engine": engine, "decoder": decoder, "output": MaskFileWriter(output_uri, options, png),
+        "storage_options": options, "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
     return masks.map_batches(VideoWriter, fn_constructor_kwargs={
-        "output_uri": output_uri, "storage_options": options, "png": png}, **_pool(pools.write))
+        "output_uri": output_uri, "storage_options": options}, **_pool(pools.write))
 
 
 def _issue_row(issue: InputIssue) -> dict[str, Any]:

@@ -1,25 +1,31 @@
-"""The last labeling stage: write one video's masks, then its commit marker (ARCHITECTURE step 7).
+"""Writing one video's labels: its mask files as propagation finishes, then its commit marker (ARCHITECTURE step 7).
 
 Per video, under the output root (``pipelines.storage.OutputStore``: atomic writes, retries):
 
 - ``masks/<video_key>.parquet``: one row per (expression, frame) in ``PREDICTION_SCHEMA``
   (``video_id, expr_id, frame_idx, frame_name, height, width, rle, score``), expressions in manifest order,
-  frames ascending; the same inputs give the same bytes, so a video redone after a crash is rewritten
-  identically under the same name;
+  frames ascending, in row groups of at most ``ROW_GROUP_ROWS`` rows and about ``ROW_GROUP_BYTES`` of RLE; the same inputs give the same bytes, so a
+  video redone after a crash is rewritten identically under the same name;
 - with ``png``: ``png/<video>/<expr_id>/<frame_name>.png`` (the layout the official evaluators read; each
   ``/``-separated part of the id passed through ``video_key`` so nothing lands outside the root);
 - then ``_committed/<video_key>.json`` listing those files: the video becomes visible at once.
 
-The stage returns one small summary row per video (``SUMMARY_SCHEMA``) for the driver's progress and
-run record; failures of earlier stages pass through as summary rows with their failure.
+``MaskFileWriter`` writes the files. The ``Propagator`` calls it (injected, so ``actors`` never imports
+``pipelines``) with the video's ``MaskSpool`` the moment propagation ends: the masks are read from the
+spool one at a time into a local Parquet file (one row group in memory) that is then uploaded, so neither
+the object store nor any process ever holds a whole long video's masks. ``VideoWriter``, the last stage,
+writes the commit marker naming those files and returns one small summary row per video
+(``SUMMARY_SCHEMA``) for the driver's progress and run record; failures of earlier stages pass through as
+summary rows with their failure.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors import rle as rle_codec
+from actors.mask_spool import MaskSpool
 from actors.video_rows import Failure, VideoMasks, VideoSource, payload_of
 from pipelines.formats import PREDICTION_SCHEMA
 from pipelines.formats.files import encode_mask_png
@@ -34,6 +41,8 @@ from pipelines.storage import OutputStore, RetryPolicy, WrittenFile, check_relat
 
 MASKS_DIR = "masks"
 PNG_DIR = "png"
+ROW_GROUP_ROWS = 4096
+ROW_GROUP_BYTES = 4 << 20  # of RLE text: noisy masks of an untrained model run to ~12 KB each
 SUMMARY_SCHEMA = pa.schema([
     pa.field("video_id", pa.string(), nullable=False),
     pa.field("failure", pa.string(), nullable=False),
@@ -53,49 +62,73 @@ def png_path(video_id: str, expr_id: str, frame_name: str) -> str:
     return check_relative("/".join([PNG_DIR, *parts, video_key(expr_id), f"{video_key(frame_name)}.png"]))
 
 
-def masks_table(video_id: str, masks: VideoMasks, source: VideoSource) -> pa.Table:
-    """The Parquet rows of one video (see the module docstring)."""
-    rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
-    for track in masks.tracks:
-        for frame_idx, (counts, score) in enumerate(zip(track.counts, track.scores.tolist(), strict=True)):
-            rows["video_id"].append(video_id)
-            rows["expr_id"].append(track.expr_id)
-            rows["frame_idx"].append(frame_idx)
-            rows["frame_name"].append(source.frame_name(frame_idx))
-            rows["height"].append(masks.height)
-            rows["width"].append(masks.width)
-            rows["rle"].append(counts)
-            rows["score"].append(float(score))
-    return pa.table(rows, schema=PREDICTION_SCHEMA)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-class VideoWriter:
-    """Ray Data stage (small CPU actor pool): ``VideoMasks`` rows -> files + commit marker -> summary rows."""
+class MaskFileWriter:
+    """Writes a video's spooled masks as its mask files (see the module docstring); picklable, so Ray Data
+    can hand it to every ``Propagator``."""
 
     def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None, png: bool,
                  retry: RetryPolicy | None = None) -> None:
+        self.output_uri, self.storage_options, self.png, self.retry = output_uri, storage_options, png, retry
+        self._store: OutputStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> OutputStore:
+        if self._store is None:
+            self._store = OutputStore(self.output_uri, self.storage_options, self.retry)
+        return self._store
+
+    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
+              spool: MaskSpool) -> list[WrittenFile]:
+        """The video's files (optional PNGs, then the Parquet), written from ``spool``."""
+        files: list[WrittenFile] = []
+        if self.png:
+            for mask in spool.rows():
+                pixels = rle_codec.decode({"size": list(size), "counts": mask.counts}, size)
+                relpath = png_path(video_id, expr_ids[mask.expression], source.frame_name(mask.frame))
+                files.append(self.store.write_bytes(relpath, encode_mask_png(np.asarray(pixels, dtype=bool))))
+        with tempfile.TemporaryDirectory(prefix="vrseg-write-") as scratch:
+            local = os.path.join(scratch, "masks.parquet")
+            with pq.ParquetWriter(local, PREDICTION_SCHEMA, compression="zstd") as parquet:
+                for rows in _row_groups(video_id, source, size, expr_ids, spool):
+                    parquet.write_table(pa.table(rows, schema=PREDICTION_SCHEMA))
+            files.append(self.store.put_file(local, masks_path(video_id)))
+        return files
+
+
+def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
+                spool: MaskSpool) -> Iterator[dict[str, list[Any]]]:
+    """The Parquet rows of one video (see the module docstring), a row group at a time."""
+    rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
+    rle_bytes = 0
+    for mask in spool.rows():
+        rows["video_id"].append(video_id)
+        rows["expr_id"].append(expr_ids[mask.expression])
+        rows["frame_idx"].append(mask.frame)
+        rows["frame_name"].append(source.frame_name(mask.frame))
+        rows["height"].append(size[0])
+        rows["width"].append(size[1])
+        rows["rle"].append(mask.counts)
+        rows["score"].append(mask.score)
+        rle_bytes += len(mask.counts)
+        if len(rows["rle"]) == ROW_GROUP_ROWS or rle_bytes >= ROW_GROUP_BYTES:
+            yield rows
+            rows, rle_bytes = {name: [] for name in PREDICTION_SCHEMA.names}, 0
+    if rows["rle"]:
+        yield rows
+
+
+class VideoWriter:
+    """Ray Data stage (small CPU actor pool): ``VideoMasks`` rows -> commit marker -> summary rows."""
+
+    def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None,
+                 retry: RetryPolicy | None = None) -> None:
         self.store = OutputStore(output_uri, storage_options, retry)
-        self.png = png
 
     def write(self, row: dict[str, Any]) -> tuple[int, int]:
         masks: VideoMasks = payload_of(row)
-        video_id = row["video_id"]
-        source = VideoSource.from_json(row["source"])
-        files: list[WrittenFile] = []
-        if self.png:
-            size = (masks.height, masks.width)
-            for track in masks.tracks:
-                for frame_idx, counts in enumerate(track.counts):
-                    mask = rle_codec.decode({"size": list(size), "counts": counts}, size)
-                    files.append(self.store.write_bytes(png_path(video_id, track.expr_id, source.frame_name(frame_idx)),
-                                                        encode_mask_png(np.asarray(mask, dtype=bool))))
-        files.append(self.store.write_bytes(masks_path(video_id), parquet_bytes(masks_table(video_id, masks, source))))
         extra = {
             "num_frames": masks.num_frames, "fps": masks.fps, "height": masks.height, "width": masks.width,
             "expressions": [
@@ -103,7 +136,7 @@ class VideoWriter:
                 for t in masks.tracks
             ],
         }
-        self.store.commit(video_id, files, extra)
+        self.store.commit(row["video_id"], masks.files, extra)
         return len(masks.tracks), masks.num_frames
 
     def summary(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from actors.engine import (
     key_frame_union,
     sample_expressions,
 )
+from actors.mask_spool import MaskSpool
 from actors.model.checkpoints import build_model
 from actors.model.config import ModelConfig
 from actors.sampling import SamplingConfig, make_sampler
@@ -71,6 +72,20 @@ def _iou(a: dict, b: dict) -> float:
     return 1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union)
 
 
+def _segment(labeler: VideoLabeler, source: VideoDecoder, samples: list, texts: list[str]) -> tuple[list, list]:
+    """The mask stage alone on ``samples``: its outputs and each expression's RLEs (frames ascending)."""
+    size = labeler.mask_stage.source_size(source.height, source.width)
+    union = key_frame_union(samples)
+    decoded = KeyFrames(union, source.get(union, size))
+    lowres = source.uniform(8, (56, 56))
+    prompts = labeler.prompt_stage.prompts(samples, texts, decoded.resized((112, 112)), lowres.frames)
+    with MaskSpool(len(samples), source.num_frames) as spool:
+        masks = labeler.mask_stage.segment(source, samples, prompts, decoded, spool)
+        shape = [source.height, source.width]
+        rles = [[{"size": shape, "counts": m.counts} for m in spool.rows(e)] for e in range(len(samples))]
+    return masks, rles
+
+
 def test_every_expression_gets_every_frame(model, short_video):
     video, path = short_video
     queries = _queries(video)
@@ -116,22 +131,15 @@ def test_objects_with_different_anchors_match_their_single_runs(model, short_vid
     samples = sample_expressions(make_sampler(labeler.config.sampling), curves, labeler.config.sampling.k)
     assert samples[0].anchor != samples[1].anchor
 
-    def segment(indices: list[int]) -> list:
+    def segment(indices: list[int]) -> tuple[list, list]:
         with VideoDecoder(path) as source:
-            chosen = [samples[i] for i in indices]
-            union = key_frame_union(chosen)
-            decoded = KeyFrames(union, source.get(union, (source.height, source.width)))
-            lowres = source.uniform(8, (56, 56))
-            prompts = labeler.prompt_stage.prompts(
-                chosen, [queries[i].text for i in indices], decoded.resized((112, 112)), lowres.frames
-            )
-            return labeler.mask_stage.segment(source, chosen, prompts, decoded.resized(labeler.mask_stage.frame_size))
+            return _segment(labeler, source, [samples[i] for i in indices], [queries[i].text for i in indices])
 
-    together = segment([0, 1])
+    together, together_rles = segment([0, 1])
     for i in (0, 1):
-        alone = segment([i])[0]
-        assert alone.anchor == together[i].anchor
-        assert min(_iou(a, b) for a, b in zip(alone.rles, together[i].rles, strict=True)) >= 0.999
+        alone, alone_rles = segment([i])
+        assert alone[0].anchor == together[i].anchor
+        assert min(_iou(a, b) for a, b in zip(alone_rles[0], together_rles[i], strict=True)) >= 0.999
 
 
 def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
@@ -147,13 +155,9 @@ def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
     samples = sample_expressions(make_sampler(labeler.config.sampling), curve[None], labeler.config.sampling.k)
     assert samples[0].anchor >= video.num_frames // 2
     with VideoDecoder(path) as source:
-        union = key_frame_union(samples)
-        decoded = KeyFrames(union, source.get(union, (source.height, source.width)))
-        lowres = source.uniform(8, (56, 56))
-        prompts = labeler.prompt_stage.prompts(samples, [expression.text], decoded.resized((112, 112)), lowres.frames)
-        masks = labeler.mask_stage.segment(source, samples, prompts, decoded.resized(labeler.mask_stage.frame_size))
+        masks, rles = _segment(labeler, source, samples, [expression.text])
     assert masks[0].anchor == samples[0].anchor
-    assert len(masks[0].rles) == video.num_frames
+    assert len(rles[0]) == video.num_frames
 
 
 def test_forward_baseline_conditions_every_key_frame(model, short_video):
