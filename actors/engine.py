@@ -405,10 +405,11 @@ class MaskStage:
             frames = StreamedFrames(source, start, direction, source_size, self.frame_size, self.config.chunk_size,
                                     preloaded)
             session = Sam2VideoSession(self.sam2, frames, num_frames)
-            for e in members:
-                session.add_mask(e, starts[e], key_masks[e].masks[starts[e]])
+            for seed_frame in sorted(set(starts.values())):
+                session.add_masks(seed_frame, {e: key_masks[e].masks[f] for e, f in starts.items() if f == seed_frame})
             for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):
                 frame = result.frame_idx
+                reseeds: dict[int, np.ndarray] = {}
                 for i, e in enumerate(result.obj_ids):
                     if frame == starts[e]:
                         if direction == FORWARD:
@@ -419,11 +420,12 @@ class MaskStage:
                     if isinstance(action, ClearAndReseed | Condition):
                         if isinstance(action, ClearAndReseed):
                             session.clear(e, keep_seeds=False)
-                        session.add_mask(e, frame, key_masks[e].masks[frame])
+                        reseeds[e] = key_masks[e].masks[frame]
                         reseeded[e].append(frame)
                         use_key_mask(e, frame)
                     else:
                         emit(e, frame, to_rle.from_logits(result.mask_logits[i]), score)
+                session.add_masks(frame, reseeds)  # one batch for every object re-seeded on this frame
         for e in range(len(samples)):
             missing = np.flatnonzero(~done[e])
             if missing.size:

@@ -262,12 +262,13 @@ def test_session_matches_stock_video_predictor(config: Sam2Config, bridge: Sam2B
 
 
 def test_batched_objects_equal_per_object_runs(bridge: Sam2Bridge) -> None:
+    """Objects seeded together (``add_masks``) and tracked as one batch give each object's single run."""
     frames, masks = moving_discs(10, 3)
     anchors = {0: 3, 1: 3, 2: 6}  # objects 0 and 1 share a memory layout; object 2 is seeded elsewhere
     seeds = {k: (a, masks[k, a]) for k, a in anchors.items()}
     session = Sam2VideoSession(bridge, frames)
-    for obj, (frame_idx, mask) in seeds.items():
-        session.add_mask(obj, frame_idx, mask)
+    session.add_masks(3, {0: masks[0, 3], 1: masks[1, 3]})  # seeded as one batch
+    session.add_mask(2, 6, masks[2, 6])
     batched = {}
     for reverse, start in ((False, 3), (True, 6)):
         for result in session.propagate(start, reverse=reverse, object_starts=anchors):

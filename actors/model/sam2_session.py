@@ -158,28 +158,40 @@ class Sam2VideoSession:
 
         Replaces any earlier seed or tracked memory of that object on that frame.
         """
+        self.add_masks(frame_idx, {obj_id: mask})
+
+    @torch.inference_mode()
+    def add_masks(self, frame_idx: int, masks: Mapping[Hashable, np.ndarray | torch.Tensor]) -> None:
+        """``add_mask`` for several objects on one frame, encoded as one batch (one mask-decoder and one
+        memory-encoder pass for all of them)."""
         self._check_eval()
         self._check_frame_idx(frame_idx)
+        if not masks:
+            return
         features = self.image_features(frame_idx)
-        mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if tuple(mask.shape) != tuple(self.frame_size):
-            raise ValueError(
-                f"mask for object {obj_id!r} at frame {frame_idx} has shape {tuple(mask.shape)}, "
-                f"the video's frames are {tuple(self.frame_size)}"
-            )
         size = self.sam.image_size
-        mask_inputs = mask.to(torch.bool).float()[None, None]
-        if tuple(mask.shape) != (size, size):
+        inputs = []
+        for obj_id, mask in masks.items():
+            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+            if tuple(mask.shape) != tuple(self.frame_size):
+                raise ValueError(
+                    f"mask for object {obj_id!r} at frame {frame_idx} has shape {tuple(mask.shape)}, "
+                    f"the video's frames are {tuple(self.frame_size)}"
+                )
+            inputs.append(mask.to(torch.bool).float()[None, None])
+        mask_inputs = torch.cat(inputs)  # (B, 1, H, W)
+        if tuple(mask_inputs.shape[-2:]) != (size, size):
             mask_inputs = F.interpolate(
                 mask_inputs, size=(size, size), mode="bilinear", align_corners=False, antialias=True
             )
             mask_inputs = (mask_inputs >= 0.5).float()
+        batch = features.expand(len(inputs))
         _, sam_outputs, _, _ = self.sam._track_step(
             frame_idx=frame_idx,
             is_init_cond_frame=True,
-            current_vision_feats=features.vision_feats,
-            current_vision_pos_embeds=features.vision_pos,
-            feat_sizes=features.feat_sizes,
+            current_vision_feats=batch.vision_feats,
+            current_vision_pos_embeds=batch.vision_pos,
+            feat_sizes=batch.feat_sizes,
             point_inputs=None,
             mask_inputs=mask_inputs,
             output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
@@ -191,15 +203,16 @@ class Sam2VideoSession:
         # As the stock predictor's preflight: memory from the low-res mask upsampled, binarised.
         high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         maskmem = self._encode_memory(features, high_res, object_score_logits, is_mask_from_pts=True)
-        state = self._objects.setdefault(obj_id, _ObjectState())
-        state.seeds[frame_idx] = _Seed(
-            maskmem_features=maskmem,
-            obj_ptr=obj_ptr,
-            low_res_logits=low_res,
-            object_score_logit=float(object_score_logits.flatten()[0]),
-            iou=float(ious.max()),
-        )
-        state.tracked.pop(frame_idx, None)
+        for i, obj_id in enumerate(masks):
+            state = self._objects.setdefault(obj_id, _ObjectState())
+            state.seeds[frame_idx] = _Seed(
+                maskmem_features=maskmem[i : i + 1],
+                obj_ptr=obj_ptr[i : i + 1],
+                low_res_logits=low_res[i : i + 1],
+                object_score_logit=float(object_score_logits[i].flatten()[0]),
+                iou=float(ious[i].max()),
+            )
+            state.tracked.pop(frame_idx, None)
 
     def clear(self, obj_id: Hashable, keep_seeds: bool = True) -> None:
         """Drop ``obj_id``'s tracked memory; with ``keep_seeds=False`` its seeds too (re-seed before tracking)."""
