@@ -11,9 +11,13 @@ own bookkeeping instead of ``SAM2VideoPredictor``'s, for three reasons:
    the seeds and the tracked frames within that reach of the propagation front or of a seed (the latter so
    that a backward pass started at a seed after a forward pass reads what the stock predictor would read).
    Everything else is dropped; per-frame outputs are yielded to the caller, never stored.
-3. Objects are batched. All objects tracked on a frame share one image-encoder pass, and objects whose
-   memory has the same layout (same seed frames, same tracked frames within reach; the usual case when
-   they are seeded on the same frame) run memory attention, mask decoder and memory encoder as one batch.
+3. Objects are batched. All objects tracked on a frame share one image-encoder pass, one mask-decoder
+   pass and one memory-encoder pass. Memory attention runs once per memory *shape*: SAM2's own
+   ``_prepare_memory_conditioned_features`` assembles each object's memory tokens and their temporal
+   encodings (from whichever frames that object was seeded or tracked on), and objects with the same
+   number of memory tokens and object-pointer tokens are attended as one batch. Objects seeded on
+   different frames (different anchors, BAP re-seeds at different key frames) so still share the work;
+   only the first frames after a seed, while an object's memory fills up, form smaller batches.
 
 The tracking score S^t (MomentSeg Eq. 8) is ``object_scores = sigmoid(object_score_logits)``, SAM2's
 occlusion head: the probability that the object is visible in the frame. The predicted IoU of the tracked
@@ -78,6 +82,30 @@ class _Seed(_Memory):
 class _ObjectState:
     seeds: dict[int, _Seed] = field(default_factory=dict)
     tracked: dict[int, _Memory] = field(default_factory=dict)
+
+
+@dataclass
+class _AttentionInputs:
+    """What SAM2's memory attention reads for one object on one frame: (tokens, 1, C) memory and its
+    positional encodings, and how many of the tokens are object pointers (excluded from RoPE)."""
+
+    memory: torch.Tensor
+    memory_pos: torch.Tensor
+    num_obj_ptr_tokens: int
+
+
+class _MemoryAttentionRecorder(torch.nn.Module):
+    """Stands in for ``SAM2Base.memory_attention`` while SAM2 assembles an object's memory: records the
+    inputs and returns the current features unchanged (the real attention runs later, batched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[_AttentionInputs] = []
+
+    def forward(self, curr: list[torch.Tensor], curr_pos: list[torch.Tensor], memory: torch.Tensor,
+                memory_pos: torch.Tensor, num_obj_ptr_tokens: int = 0) -> torch.Tensor:
+        self.calls.append(_AttentionInputs(memory, memory_pos, num_obj_ptr_tokens))
+        return curr[0]
 
 
 class Sam2VideoSession:
@@ -246,44 +274,82 @@ class Sam2VideoSession:
             self._maskmem_pos_enc = [p[:1].clone() for p in pos_enc]
         return maskmem.to(torch.bfloat16)
 
-    def _memory_view(self, states: list[_ObjectState], tracked_frames: list[int]) -> dict:
-        """A batched SAM2 ``output_dict`` for objects whose memory has the same layout."""
-        batch = len(states)
-        pos_enc = [p.expand(batch, -1, -1, -1) for p in self._maskmem_pos_enc]
+    def _memory_view(self, state: _ObjectState, frame_idx: int) -> dict:
+        """One object's SAM2 ``output_dict``: its seeds and its tracked frames within reach of ``frame_idx``."""
+        pos_enc = self._maskmem_pos_enc
 
-        def stacked(entries: list[_Memory]) -> dict:
-            return {
-                "maskmem_features": torch.cat([e.maskmem_features for e in entries]),
-                "maskmem_pos_enc": pos_enc,
-                "obj_ptr": torch.cat([e.obj_ptr for e in entries]),
-            }
+        def entry(memory: _Memory) -> dict:
+            return {"maskmem_features": memory.maskmem_features, "maskmem_pos_enc": pos_enc, "obj_ptr": memory.obj_ptr}
 
         return {
-            "cond_frame_outputs": {t: stacked([s.seeds[t] for s in states]) for t in states[0].seeds},
-            "non_cond_frame_outputs": {t: stacked([s.tracked[t] for s in states]) for t in tracked_frames},
+            "cond_frame_outputs": {t: entry(m) for t, m in state.seeds.items()},
+            "non_cond_frame_outputs": {
+                t: entry(m) for t, m in state.tracked.items() if abs(t - frame_idx) <= self._reach
+            },
         }
 
+    def _memory_inputs(self, frame_idx: int, states: list[_ObjectState], features: ImageFeatures,
+                       reverse: bool) -> list[_AttentionInputs]:
+        """Each object's memory-attention inputs, assembled by SAM2's own
+        ``_prepare_memory_conditioned_features`` (which memory frames and object pointers, their temporal
+        encodings) with its ``memory_attention`` swapped for a recorder, so they can be run in batches."""
+        recorder = _MemoryAttentionRecorder()
+        attention, self.sam.memory_attention = self.sam.memory_attention, recorder
+        try:
+            for state in states:
+                self.sam._prepare_memory_conditioned_features(
+                    frame_idx=frame_idx,
+                    is_init_cond_frame=False,
+                    current_vision_feats=features.vision_feats[-1:],
+                    current_vision_pos_embeds=features.vision_pos[-1:],
+                    feat_sizes=features.feat_sizes[-1:],
+                    output_dict=self._memory_view(state, frame_idx),
+                    num_frames=self.num_frames,
+                    track_in_reverse=reverse,
+                )
+        finally:
+            self.sam.memory_attention = attention
+        return recorder.calls
+
     def _track(
-        self, frame_idx: int, states: list[_ObjectState], tracked_frames: list[int], reverse: bool
+        self, frame_idx: int, states: list[_ObjectState], reverse: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Track a batch of same-layout objects on one frame; stores their memory, returns
-        (low-res logits (B, 1, S/4, S/4), object score logits (B,), ious (B,))."""
-        batch = len(states)
-        features = self.image_features(frame_idx).expand(batch)
-        _, sam_outputs, _, _ = self.sam._track_step(
-            frame_idx=frame_idx,
-            is_init_cond_frame=False,
-            current_vision_feats=features.vision_feats,
-            current_vision_pos_embeds=features.vision_pos,
-            feat_sizes=features.feat_sizes,
-            point_inputs=None,
-            mask_inputs=None,
-            output_dict=self._memory_view(states, tracked_frames),
-            num_frames=self.num_frames,
-            track_in_reverse=reverse,
-            prev_sam_mask_logits=None,
+        """Track objects on one frame; stores their memory, returns (low-res logits (B, 1, S/4, S/4),
+        object score logits (B,), ious (B,)).
+
+        Objects whose memory has the same shape (the same number of memory frames and of object-pointer
+        tokens, whichever frames they are) run memory attention as one batch; the mask decoder and the
+        memory encoder run once for all objects.
+        """
+        features = self.image_features(frame_idx)
+        inputs = self._memory_inputs(frame_idx, states, features, reverse)
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i, call in enumerate(inputs):
+            shapes.setdefault((call.memory.shape[0], call.num_obj_ptr_tokens), []).append(i)
+        height, width = features.feat_sizes[-1]
+        conditioned: list[torch.Tensor | None] = [None] * len(states)
+        for (_, num_ptr_tokens), members in shapes.items():
+            batch = features.expand(len(members))
+            fused = self.sam.memory_attention(
+                curr=batch.vision_feats[-1:],
+                curr_pos=batch.vision_pos[-1:],
+                memory=torch.cat([inputs[i].memory for i in members], dim=1),
+                memory_pos=torch.cat([inputs[i].memory_pos for i in members], dim=1),
+                num_obj_ptr_tokens=num_ptr_tokens,
+            )  # (HW, B, C)
+            fused = fused.permute(1, 2, 0).reshape(len(members), -1, height, width)
+            for j, i in enumerate(members):
+                conditioned[i] = fused[j : j + 1]
+        batch = features.expand(len(states))
+        high_res_features = [
+            x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *size)
+            for x, size in zip(batch.vision_feats[:-1], batch.feat_sizes[:-1], strict=True)
+        ]
+        _, _, ious, low_res, high_res, obj_ptr, object_score_logits = self.sam._forward_sam_heads(
+            backbone_features=torch.cat(conditioned),  # type: ignore[arg-type]
+            high_res_features=high_res_features or None,
+            multimask_output=self.sam._use_multimask(False, None),
         )
-        _, _, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
         maskmem = self._encode_memory(features, high_res, object_score_logits, is_mask_from_pts=False)
         for i, state in enumerate(states):
             state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1], obj_ptr=obj_ptr[i : i + 1])
@@ -336,7 +402,7 @@ class Sam2VideoSession:
     def _propagate_frame(self, frame_idx: int, active: list[Hashable], reverse: bool) -> FrameResult:
         # per object: (low-res logits (1, 1, S/4, S/4), object score logit, predicted IoU)
         outputs: dict[Hashable, tuple[torch.Tensor, float, float]] = {}
-        groups: dict[tuple, list[Hashable]] = {}
+        tracked: list[Hashable] = []
         for obj_id in active:
             state = self._objects[obj_id]
             if not state.seeds:
@@ -344,14 +410,11 @@ class Sam2VideoSession:
             seed = state.seeds.get(frame_idx)
             if seed is not None:
                 outputs[obj_id] = (seed.low_res_logits, seed.object_score_logit, seed.iou)
-                continue
-            near = tuple(sorted(t for t in state.tracked if abs(t - frame_idx) <= self._reach))
-            groups.setdefault((tuple(sorted(state.seeds)), near), []).append(obj_id)
-        for (_, near), members in groups.items():
-            low_res, score_logits, ious = self._track(
-                frame_idx, [self._objects[o] for o in members], list(near), reverse
-            )
-            for i, obj_id in enumerate(members):
+            else:
+                tracked.append(obj_id)
+        if tracked:
+            low_res, score_logits, ious = self._track(frame_idx, [self._objects[o] for o in tracked], reverse)
+            for i, obj_id in enumerate(tracked):
                 outputs[obj_id] = (low_res[i : i + 1], float(score_logits[i]), float(ious[i]))
         for obj_id in active:
             self._prune(self._objects[obj_id], frame_idx)
