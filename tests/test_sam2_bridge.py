@@ -282,6 +282,33 @@ def test_batched_objects_equal_per_object_runs(bridge: Sam2Bridge) -> None:
             torch.testing.assert_close(batched[(frame_idx, obj)], single[(frame_idx, obj)], atol=1e-4, rtol=0)
 
 
+def test_objects_seeded_on_different_frames_share_memory_attention_once_their_memory_fills(bridge: Sam2Bridge) -> None:
+    """Anchors 2 and 5: once both objects' memories hold as many frames and pointers, memory attention runs
+    once for both, and each object's masks still equal its single run."""
+    frames, masks = moving_discs(40, 2)
+    anchors = {"a": 2, "b": 5}
+    calls = []
+    hook = bridge.sam.memory_attention.register_forward_hook(lambda module, args, out: calls.append(out.shape[1]))
+    try:
+        session = Sam2VideoSession(bridge, frames)
+        for obj, anchor in anchors.items():
+            session.add_mask(obj, anchor, masks[0 if obj == "a" else 1, anchor])
+        together = {(r.frame_idx, o): r.mask_logits[i]
+                    for r in session.propagate(2, object_starts=anchors) for i, o in enumerate(r.obj_ids)}
+    finally:
+        hook.remove()
+    tracked_pairs = sum(1 for (f, o) in together if f != anchors[o])
+    assert tracked_pairs == 37 + 34
+    # pointers fill up 15 frames after a seed: from frame 21 on the two memories have the same shape
+    assert calls.count(2) >= 18, calls
+    assert len(calls) == tracked_pairs - calls.count(2)
+    for obj, anchor in anchors.items():
+        k = 0 if obj == "a" else 1
+        single = run_session(bridge, frames, {obj: (anchor, masks[k, anchor])}, [(anchor, False)])
+        for frame_idx in range(anchor, 40):
+            torch.testing.assert_close(together[(frame_idx, obj)], single[(frame_idx, obj)], atol=1e-4, rtol=0)
+
+
 def test_objects_join_at_their_start_and_seeds_are_returned(bridge: Sam2Bridge) -> None:
     frames, masks = moving_discs(8, 2)
     session = Sam2VideoSession(bridge, frames)
