@@ -433,12 +433,17 @@ class MaskStage:
         return [sorted(frames) for frames in reseeded]
 
 
+def require_tda_for_tks(config: EngineConfig, mllm: SegMLLM) -> None:
+    """TKS scores candidates with the fused ``<TAK>`` prompt, which only a model with TDA produces."""
+    if config.sampling.method == "tks" and not mllm.config.tda.enabled:
+        raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
+
+
 class VideoLabeler:
     """Both halves in one process: ``label`` runs one video with all its expressions."""
 
     def __init__(self, mllm: SegMLLM, sam2: Sam2Bridge, config: EngineConfig) -> None:
-        if config.sampling.method == "tks" and not mllm.config.tda.enabled:
-            raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
+        require_tda_for_tks(config, mllm)
         self.config = config
         self.prompt_stage = PromptStage(mllm, config)
         self.mask_stage = MaskStage(sam2, config)

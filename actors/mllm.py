@@ -23,20 +23,21 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from actors.decode import DecoderConfig, FrameChunk, fit_within
+from actors.decode import DecoderConfig, FrameChunk, FrameSource, fit_within
 from actors.engine import (
     EngineConfig,
     ExpressionQuery,
     KeyFrames,
     PromptStage,
     key_frame_union,
+    require_tda_for_tks,
     sample_expressions,
     source_size,
 )
 from actors.frames import open_source
 from actors.model.checkpoints import build_model
 from actors.model.config import ModelConfig
-from actors.model.segmllm import SegModel, SegPrompts
+from actors.model.segmllm import SegMLLM, SegModel, SegPrompts
 from actors.sampling import SampleResult, make_sampler
 from actors.video_rows import LowresVideo, StageRunner, VideoSource, payload_of
 
@@ -74,36 +75,46 @@ def _prompts_to_numpy(prompts: SegPrompts) -> dict[str, np.ndarray]:
     return {k: v.float().cpu().numpy() for k, v in vars(prompts).items() if v is not None}
 
 
-class MLLMWorker:
-    """Ray Data stage (actor pool, ``num_gpus`` from config): ``LowresVideo`` -> ``VideoPrompts``."""
+class VideoPrompter:
+    """The MLLM half of one video's job: ``[FIND]`` relevance, sampling, key frames, ``[SEG]`` prompts."""
 
-    def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig,
-                 storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
-        torch.set_num_threads(torch_threads)
-        network = load_inference_model(model)
-        if engine.sampling.method == "tks" and not network.mllm.config.tda.enabled:
-            raise ValueError("sampling.method 'tks' needs the model's mllm.tda.enabled (the fused <TAK> prompt)")
-        self.stage = PromptStage(network.mllm.to(inference_device()), engine)
-        self.sam2_image_size = network.sam2.image_size
-        del network.sam2  # the Propagator holds SAM2
-        self.engine, self.decoder, self.storage_options = engine, decoder, storage_options
+    def __init__(self, mllm: SegMLLM, sam2_image_size: int, engine: EngineConfig) -> None:
+        require_tda_for_tks(engine, mllm)
+        self.stage = PromptStage(mllm, engine)
+        self.sam2_image_size, self.engine = sam2_image_size, engine
         self.sampler = make_sampler(engine.sampling)
-        self.runner = StageRunner("mllm", self.prompt)
 
-    def prompt(self, row: dict[str, Any]) -> VideoPrompts:
-        lowres: LowresVideo = payload_of(row)
-        texts = [q.text for q in queries_of(row)]
+    def prompts(self, lowres: LowresVideo, texts: list[str], frames: FrameSource) -> VideoPrompts:
+        """``frames``: the video, read at the engine's ``source_size`` for the key frames."""
         relevance = self.stage.relevance(FrameChunk(lowres.indices, lowres.frames), texts, lowres.num_frames,
                                          lowres.fps)
         samples = sample_expressions(self.sampler, relevance, self.engine.sampling.k)
         union = key_frame_union(samples)
         height, width = lowres.height, lowres.width
-        with open_source(VideoSource.from_json(row["source"]), self.storage_options, self.decoder) as video:
-            decoded = KeyFrames(union, video.get(union, source_size(self.engine, self.sam2_image_size, height, width)))
+        decoded = KeyFrames(union, frames.get(union, source_size(self.engine, self.sam2_image_size, height, width)))
         mllm_frames = decoded.resized(fit_within(height, width, self.engine.keyframe_side))
         prompts = self.stage.prompts(samples, texts, mllm_frames, lowres.frames, lowres.fps)
         return VideoPrompts(lowres.num_frames, samples, relevance.astype(np.float32),
                             [_prompts_to_numpy(p) for p in prompts])
+
+
+class MLLMWorker:
+    """Ray Data stage (actor pool, ``num_gpus`` from config): ``LowresVideo`` -> ``VideoPrompts``; the key
+    frames are read from the video by random access."""
+
+    def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig,
+                 storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
+        torch.set_num_threads(torch_threads)
+        network = load_inference_model(model)
+        self.prompter = VideoPrompter(network.mllm.to(inference_device()), network.sam2.image_size, engine)
+        del network.sam2  # the Propagator holds SAM2
+        self.decoder, self.storage_options = decoder, storage_options
+        self.runner = StageRunner("mllm", self.prompt)
+
+    def prompt(self, row: dict[str, Any]) -> VideoPrompts:
+        texts = [q.text for q in queries_of(row)]
+        with open_source(VideoSource.from_json(row["source"]), self.storage_options, self.decoder) as video:
+            return self.prompter.prompts(payload_of(row), texts, video)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import torch
 
-from actors.decode import DecoderConfig
-from actors.engine import EngineConfig, KeyFrames, MaskStage, key_frame_union
+from actors.decode import DecoderConfig, FrameSource
+from actors.engine import EngineConfig, ExpressionQuery, KeyFrames, MaskStage, key_frame_union
 from actors.frame_store import frame_store
 from actors.frames import open_source
 from actors.mask_spool import MaskSpool
@@ -47,35 +47,49 @@ def load_sam2(config: ModelConfig) -> Sam2Bridge:
     return sam2.eval()
 
 
+class VideoSegmenter:
+    """The SAM2 half of one video's job: key-frame masks and BAP over a frame store, masks spooled and
+    handed to the ``MaskOutput``."""
+
+    def __init__(self, sam2: Sam2Bridge, engine: EngineConfig, output: MaskOutput, device: torch.device,
+                 scratch_dir: str | None = None) -> None:
+        self.stage = MaskStage(sam2, engine)
+        self.output, self.device, self.scratch_dir = output, device, scratch_dir
+
+    def source_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.stage.source_size(height, width)
+
+    def masks(self, video_id: str, source: VideoSource, queries: list[ExpressionQuery], prompted: VideoPrompts,
+              frames: FrameSource) -> VideoMasks:
+        """``frames``: the video at ``source_size`` (a ``frame_store``: read in both directions)."""
+        size = self.stage.source_size(frames.height, frames.width)
+        union = key_frame_union(prompted.samples)
+        decoded = KeyFrames(union, frames.get(union, size))
+        with MaskSpool(len(queries), frames.num_frames, self.scratch_dir) as spool:
+            masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded, spool)
+            files = self.output.write(video_id, source, (frames.height, frames.width), [q.expr_id for q in queries],
+                                      spool)
+        tracks = [ExpressionTrack(query.expr_id, out.anchor, out.key_frames, out.reseeded)
+                  for query, out in zip(queries, masks, strict=True)]
+        return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files)
+
+
 class Propagator:
     """Ray Data stage (actor pool, ``num_gpus`` from config): ``VideoPrompts`` -> ``VideoMasks``."""
 
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
-        self.device = inference_device()
-        self.stage = MaskStage(load_sam2(model).to(self.device), engine)
-        self.decoder, self.output, self.storage_options = decoder, output, storage_options
+        device = inference_device()
+        self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder.scratch_dir)
+        self.decoder, self.storage_options = decoder, storage_options
         self.runner = StageRunner("propagate", self.propagate)
 
     def propagate(self, row: dict[str, Any]) -> VideoMasks:
-        prompted: VideoPrompts = payload_of(row)
-        queries = queries_of(row)
         source = VideoSource.from_json(row["source"])
         with open_source(source, self.storage_options, self.decoder) as video:
-            size = self.stage.source_size(video.height, video.width)
-            height, width, num_frames, fps = video.height, video.width, video.num_frames, video.fps
-            with frame_store(video, size) as frames, MaskSpool(len(queries), num_frames,
-                                                               self.decoder.scratch_dir) as spool:
-                union = key_frame_union(prompted.samples)
-                decoded = KeyFrames(union, frames.get(union, size))
-                masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded,
-                                           spool)
-                files = self.output.write(row["video_id"], source, (height, width), [q.expr_id for q in queries],
-                                          spool)
-        tracks = [ExpressionTrack(query.expr_id, out.anchor, out.key_frames, out.reseeded)
-                  for query, out in zip(queries, masks, strict=True)]
-        return VideoMasks(num_frames, fps, height, width, tracks, files)
+            with frame_store(video, self.segmenter.source_size(video.height, video.width)) as frames:
+                return self.segmenter.masks(row["video_id"], source, queries_of(row), payload_of(row), frames)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)

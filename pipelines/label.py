@@ -12,7 +12,8 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
    samples, prompt embeddings and file records only: the actors that need key frames or the full stream
    open the video themselves, and masks never travel between stages, so no frame stack and no video's
    masks ever enter the object store, and memory stays bounded on long videos (the engine streams frames
-   in chunks and spools masks to local disk);
+   in chunks and spools masks to local disk); with ``stages: fused`` one ``FusedLabeler`` pool replaces the
+   MLLM and SAM2 pools;
 4. the driver shows progress, then writes ``errors/errors.parquet`` (input issues of this run's inputs and
    the failures of this run's videos: the current failure set, since failed videos are never committed
    and so are retried by the next run), optional overlay videos and ``run.json``.
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 
 from actors.config import ConfigError, to_plain
 from actors.frames import LowresDecoder
+from actors.fused_labeler import FusedLabeler
 from actors.mllm import MLLMWorker
 from actors.model.config import ModelConfig
 from actors.propagate import Propagator
@@ -171,12 +173,16 @@ def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: Label
     lowres = rows.map_batches(LowresDecoder, fn_constructor_kwargs={
         "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": decoder, "storage_options": options},
         **_pool(pools.decode))
-    prompted = lowres.map_batches(MLLMWorker, fn_constructor_kwargs={
-        "model": model, "engine": engine, "decoder": decoder, "storage_options": options,
-        "torch_threads": pools.mllm.threads()}, **_pool(pools.mllm))
-    masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
-        "model": model, "engine": engine, "decoder": decoder, "output": MaskFileWriter(output_uri, options, png),
-        "storage_options": options, "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
+    shared = {"model": model, "engine": engine, "decoder": decoder, "storage_options": options}
+    output = MaskFileWriter(output_uri, options, png)
+    if config.stages == "fused":
+        masks = lowres.map_batches(FusedLabeler, fn_constructor_kwargs={
+            **shared, "output": output, "torch_threads": pools.label.threads()}, **_pool(pools.label))
+    else:
+        prompted = lowres.map_batches(MLLMWorker, fn_constructor_kwargs={
+            **shared, "torch_threads": pools.mllm.threads()}, **_pool(pools.mllm))
+        masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
+            **shared, "output": output, "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
     return masks.map_batches(VideoWriter, fn_constructor_kwargs={
         "output_uri": output_uri, "storage_options": options}, **_pool(pools.write))
 

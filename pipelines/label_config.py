@@ -1,6 +1,9 @@
 """``LabelConfig``: the schema of ``configs/label/*.yaml`` (``vrseg label``).
 
-Sections: ``model`` (which ``configs/model/*.yaml`` to build, with overrides), ``engine``
+Sections: ``model`` (which ``configs/model/*.yaml`` to build, with overrides), ``stages`` (``split``: the
+MLLM and SAM2 halves in two actor pools that scale independently; ``fused``: one pool holding both, which
+decodes every frame at most twice whatever the video's keyframe interval, see
+``actors.fused_labeler``), ``engine``
 (``actors.engine.EngineConfig``: sampling, BAP, frame sizes), ``decoder`` (``actors.decode.DecoderConfig``
 keys), ``inputs`` (limits that turn a manifest entry into an error row), ``pools`` (one fixed-size actor
 pool per stage: actors, batch size, CPUs / GPUs per actor, torch threads), ``ray`` (the local instance
@@ -71,12 +74,17 @@ class PoolConfig:
 
 @dataclass
 class PoolsConfig:
-    """decode (low-res frames, CPU) -> mllm ([FIND], sampling, [SEG]) -> propagate (SAM2, BAP) -> write."""
+    """decode (low-res frames, CPU) -> mllm ([FIND], sampling, [SEG]) -> propagate (SAM2, BAP) -> write;
+    with ``stages: fused``, one ``label`` pool holding both models replaces mllm and propagate."""
 
     decode: PoolConfig = field(default_factory=lambda: PoolConfig(num_cpus=0.25))
     mllm: PoolConfig = field(default_factory=PoolConfig)
     propagate: PoolConfig = field(default_factory=PoolConfig)
+    label: PoolConfig = field(default_factory=PoolConfig)
     write: PoolConfig = field(default_factory=lambda: PoolConfig(num_cpus=0.25))
+
+
+STAGES = ("split", "fused")
 
 
 @dataclass
@@ -99,6 +107,7 @@ class LabelConfig:
     """
 
     model: ModelSection = field(default_factory=ModelSection)
+    stages: str = "split"
     engine: EngineConfig = field(default_factory=EngineConfig)
     decoder: dict[str, Any] = field(default_factory=dict)
     inputs: InputLimits = field(default_factory=InputLimits)
@@ -107,6 +116,8 @@ class LabelConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.stages not in STAGES:
+            raise ValueError(f"stages must be one of {list(STAGES)}, got '{self.stages}'")
         self.decoder_config()
 
     def decoder_config(self) -> DecoderConfig:

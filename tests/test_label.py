@@ -160,6 +160,22 @@ def test_resume_skips_committed_and_redoes_exactly_the_missing_video(s3, ray_loc
     assert np.array_equal(png > 0, rle_codec.decode({"size": list(png.shape), "counts": counts}))
 
 
+def test_fused_stages_give_the_split_stages_outputs(s3, ray_local) -> None:  # noqa: ANN001
+    """``stages=fused`` (one actor holding both models, one frame store per video) labels exactly what the
+    split pools and the single-process engine label."""
+    rows = upload_corpus(s3)
+    output = s3.uri("fused")
+    config, model = label_config(s3, ["stages=fused"])
+    run = label(InputSpec(manifest=write_manifest(s3, rows)), output, config, model, progress=False)
+    assert (run.done, run.failed) == (4, 0)
+    assert "label" in run.stage_seconds and "mllm" not in run.stage_seconds and "propagate" not in run.stage_seconds
+    masks, reference = read_masks(s3, output), engine_masks()
+    assert set(masks) == set(reference)
+    for key, frames in masks.items():
+        assert [f for f, _ in frames] == list(range(len(reference[key]))), key
+        assert [r for _, r in frames] == reference[key], key
+
+
 @pytest.mark.parametrize("video_id", ["../../x", "a/b", ".hidden", "x" * 300])
 def test_png_paths_stay_under_the_root(video_id: str) -> None:
     path = png_path(video_id, "../e", "00001")
