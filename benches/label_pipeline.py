@@ -5,7 +5,8 @@ On one procedural corpus (local files, tiny model, CPU):
 - ``loop``: ``actors.engine.VideoLabeler.label`` over the videos one after the other in this process
   (model loaded once, not timed), one torch thread;
 - ``pipeline_1``: ``pipelines.label.label`` with one actor per stage (``configs/label/tiny.yaml``);
-- ``pipeline_2``: two actors per stage, each actor with half the CPUs.
+- ``pipeline_2``: two actors per stage, each actor with half the CPUs;
+- ``pipeline_fused``: ``stages=fused``, one actor holding both model halves (``pools.label``).
 
 Each figure is videos per second over the whole run (``*_vps``; the pipeline's includes starting its actors
 and loading the models in them) and, for the pipelines, in steady state (``*_steady_vps``: videos committed
@@ -98,7 +99,7 @@ def main() -> None:
         print(f"loop: {len(rows)} videos in {loop_seconds:.1f}s ({loop_vps:.2f} videos/s)", flush=True)
         figures = {"videos": len(rows), "frames": args.frames, "expressions": len(reference),
                    "loop_vps": round(loop_vps, 3)}
-        for name, overrides in (("pipeline_1", []), ("pipeline_2", TWO_ACTORS)):
+        for name, overrides in (("pipeline_1", []), ("pipeline_2", TWO_ACTORS), ("pipeline_fused", ["stages=fused"])):
             wall, steady, masks = pipeline(manifest, root / name, overrides)
             assert masks == reference, f"{name}: masks differ from the engine's plain loop"
             print(f"{name}: {len(rows) / wall:.2f} videos/s overall ({wall:.1f}s), {steady:.2f} videos/s steady; "
@@ -107,6 +108,7 @@ def main() -> None:
             figures[f"{name}_steady_vps"] = round(steady, 3)
     ray.shutdown()
     figures["two_vs_one_actors_steady"] = round(figures["pipeline_2_steady_vps"] / figures["pipeline_1_steady_vps"], 3)
+    figures["fused_vs_split_steady"] = round(figures["pipeline_fused_steady_vps"] / figures["pipeline_1_steady_vps"], 3)
     figures["ratio"] = round(figures["pipeline_1_steady_vps"] / loop_vps, 3)
     print("RESULT " + json.dumps(figures))
 
