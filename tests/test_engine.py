@@ -11,7 +11,7 @@ import torch
 from actors import rle as rle_codec
 from actors.bap import PropagationConfig
 from actors.config import load_config
-from actors.decode import VideoDecoder
+from actors.decode import DecoderConfig, VideoDecoder
 from actors.engine import (
     EngineConfig,
     ExpressionQuery,
@@ -92,6 +92,7 @@ def test_every_expression_gets_every_frame(model, short_video):
     with VideoDecoder(path) as source:
         labels = _labeler(model).label(source, queries)
         delivered = source.counters.delivered.copy()
+        codec = source.counters.codec.copy()
     assert [e.expr_id for e in labels.expressions] == [q.expr_id for q in queries]
     assert (labels.num_frames, labels.height, labels.width) == (20, 48, 64)
     for out in labels.expressions:
@@ -101,9 +102,27 @@ def test_every_expression_gets_every_frame(model, short_video):
         assert out.scores.shape == (20,) and ((out.scores >= 0) & (out.scores <= 1)).all()
         assert out.anchor in out.key_frames and len(out.sampled) == 4
         assert set(out.reseeded) <= set(out.key_frames) - {out.anchor}
-    # decoded once for [FIND] (uniform), once as key frames, once per propagation direction at most
-    assert delivered.max() <= 4
+    # decoded for [FIND] (uniform) and once into the frame store, which serves everything else
+    assert codec.max() <= 2 and delivered.max() <= 2
     assert set(labels.timings) == {"decode_lowres", "find", "sample", "decode_keyframes", "seg", "segment"}
+
+
+def test_frame_store_and_random_access_label_alike(model, short_video):
+    """A video too large for the frame store is read by random access and streaming instead: more decoding,
+    the same masks."""
+    video, path = short_video
+    queries = _queries(video)[:3]
+    labeler = _labeler(model)
+    with VideoDecoder(path) as source:
+        stored = labeler.label(source, queries)
+        stored_codec = int(source.counters.codec.sum())
+    with VideoDecoder(path, config=DecoderConfig(max_store_bytes=1)) as source:
+        direct = labeler.label(source, queries)
+        direct_codec = int(source.counters.codec.sum())
+    assert direct_codec > stored_codec
+    for a, b in zip(stored.expressions, direct.expressions, strict=True):
+        assert a.rles == b.rles and a.anchor == b.anchor
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_batched_equals_per_expression(model, short_video):
