@@ -86,7 +86,7 @@ class _ObjectState:
 
 @dataclass
 class _AttentionInputs:
-    """What SAM2's memory attention reads for one object on one frame: (tokens, 1, C) memory and its
+    """What SAM2's memory attention reads for a batch of objects on one frame: (tokens, B, C) memory and its
     positional encodings, and how many of the tokens are object pointers (excluded from RoPE)."""
 
     memory: torch.Tensor
@@ -274,42 +274,55 @@ class Sam2VideoSession:
             self._maskmem_pos_enc = [p[:1].clone() for p in pos_enc]
         return maskmem.to(torch.bfloat16)
 
-    def _memory_view(self, state: _ObjectState, frame_idx: int) -> dict:
-        """One object's SAM2 ``output_dict``: its seeds and its tracked frames within reach of ``frame_idx``."""
-        pos_enc = self._maskmem_pos_enc
+    def _layout(self, state: _ObjectState, frame_idx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Which frames an object's memory holds for ``frame_idx``: its seeds, its tracked frames in reach."""
+        near = tuple(sorted(t for t in state.tracked if abs(t - frame_idx) <= self._reach))
+        return tuple(sorted(state.seeds)), near
 
-        def entry(memory: _Memory) -> dict:
-            return {"maskmem_features": memory.maskmem_features, "maskmem_pos_enc": pos_enc, "obj_ptr": memory.obj_ptr}
+    def _memory_view(self, states: list[_ObjectState], layout: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        """A batched SAM2 ``output_dict`` for objects whose memory holds the frames of ``layout``."""
+        pos_enc = [p.expand(len(states), -1, -1, -1) for p in self._maskmem_pos_enc]
 
+        def stacked(entries: list[_Memory]) -> dict:
+            return {
+                "maskmem_features": torch.cat([e.maskmem_features for e in entries]),
+                "maskmem_pos_enc": pos_enc,
+                "obj_ptr": torch.cat([e.obj_ptr for e in entries]),
+            }
+
+        seeds, tracked = layout
         return {
-            "cond_frame_outputs": {t: entry(m) for t, m in state.seeds.items()},
-            "non_cond_frame_outputs": {
-                t: entry(m) for t, m in state.tracked.items() if abs(t - frame_idx) <= self._reach
-            },
+            "cond_frame_outputs": {t: stacked([s.seeds[t] for s in states]) for t in seeds},
+            "non_cond_frame_outputs": {t: stacked([s.tracked[t] for s in states]) for t in tracked},
         }
 
     def _memory_inputs(self, frame_idx: int, states: list[_ObjectState], features: ImageFeatures,
-                       reverse: bool) -> list[_AttentionInputs]:
-        """Each object's memory-attention inputs, assembled by SAM2's own
+                       reverse: bool) -> list[tuple[list[int], _AttentionInputs]]:
+        """Memory-attention inputs per group of objects whose memory holds the same frames (indices into
+        ``states``, inputs with the group as batch), assembled by SAM2's own
         ``_prepare_memory_conditioned_features`` (which memory frames and object pointers, their temporal
         encodings) with its ``memory_attention`` swapped for a recorder, so they can be run in batches."""
+        layouts: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+        for i, state in enumerate(states):
+            layouts.setdefault(self._layout(state, frame_idx), []).append(i)
         recorder = _MemoryAttentionRecorder()
         attention, self.sam.memory_attention = self.sam.memory_attention, recorder
         try:
-            for state in states:
+            for layout, members in layouts.items():
+                batch = features.expand(len(members))
                 self.sam._prepare_memory_conditioned_features(
                     frame_idx=frame_idx,
                     is_init_cond_frame=False,
-                    current_vision_feats=features.vision_feats[-1:],
-                    current_vision_pos_embeds=features.vision_pos[-1:],
-                    feat_sizes=features.feat_sizes[-1:],
-                    output_dict=self._memory_view(state, frame_idx),
+                    current_vision_feats=batch.vision_feats[-1:],
+                    current_vision_pos_embeds=batch.vision_pos[-1:],
+                    feat_sizes=batch.feat_sizes[-1:],
+                    output_dict=self._memory_view([states[i] for i in members], layout),
                     num_frames=self.num_frames,
                     track_in_reverse=reverse,
                 )
         finally:
             self.sam.memory_attention = attention
-        return recorder.calls
+        return list(zip(layouts.values(), recorder.calls, strict=True))
 
     def _track(
         self, frame_idx: int, states: list[_ObjectState], reverse: bool
@@ -322,23 +335,23 @@ class Sam2VideoSession:
         memory encoder run once for all objects.
         """
         features = self.image_features(frame_idx)
-        inputs = self._memory_inputs(frame_idx, states, features, reverse)
-        shapes: dict[tuple[int, int], list[int]] = {}
-        for i, call in enumerate(inputs):
-            shapes.setdefault((call.memory.shape[0], call.num_obj_ptr_tokens), []).append(i)
+        shapes: dict[tuple[int, int], list[tuple[list[int], _AttentionInputs]]] = {}
+        for members, call in self._memory_inputs(frame_idx, states, features, reverse):
+            shapes.setdefault((call.memory.shape[0], call.num_obj_ptr_tokens), []).append((members, call))
         height, width = features.feat_sizes[-1]
         conditioned: list[torch.Tensor | None] = [None] * len(states)
-        for (_, num_ptr_tokens), members in shapes.items():
-            batch = features.expand(len(members))
+        for (_, num_ptr_tokens), groups in shapes.items():
+            order = [i for members, _ in groups for i in members]
+            batch = features.expand(len(order))
             fused = self.sam.memory_attention(
                 curr=batch.vision_feats[-1:],
                 curr_pos=batch.vision_pos[-1:],
-                memory=torch.cat([inputs[i].memory for i in members], dim=1),
-                memory_pos=torch.cat([inputs[i].memory_pos for i in members], dim=1),
+                memory=torch.cat([call.memory for _, call in groups], dim=1),
+                memory_pos=torch.cat([call.memory_pos for _, call in groups], dim=1),
                 num_obj_ptr_tokens=num_ptr_tokens,
             )  # (HW, B, C)
-            fused = fused.permute(1, 2, 0).reshape(len(members), -1, height, width)
-            for j, i in enumerate(members):
+            fused = fused.permute(1, 2, 0).reshape(len(order), -1, height, width)
+            for j, i in enumerate(order):
                 conditioned[i] = fused[j : j + 1]
         batch = features.expand(len(states))
         high_res_features = [
