@@ -404,7 +404,7 @@ class MaskStage:
             start = min(starts.values()) if direction == FORWARD else max(starts.values())
             frames = StreamedFrames(source, start, direction, source_size, self.frame_size, self.config.chunk_size,
                                     preloaded)
-            session = Sam2VideoSession(self.sam2, frames, num_frames)
+            session = Sam2VideoSession(self.sam2, frames, num_frames, mask_size=(source.height, source.width))
             for seed_frame in sorted(set(starts.values())):
                 session.add_masks(seed_frame, {e: key_masks[e].masks[f] for e, f in starts.items() if f == seed_frame})
             for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):

@@ -49,8 +49,9 @@ FrameSource = Callable[[int], np.ndarray]
 class FrameResult:
     """One frame's output for the objects tracked on it (in session order).
 
-    ``mask_logits`` (N, H, W) float32 at frame resolution; ``object_scores`` (N,) the tracking score S^t;
-    ``ious`` (N,) predicted IoU; ``is_seed`` tells which objects' outputs are their seed masks.
+    ``mask_logits`` (N, H, W) float32 at the session's mask size (default: frame resolution);
+    ``object_scores`` (N,) the tracking score S^t; ``ious`` (N,) predicted IoU; ``is_seed`` tells which
+    objects' outputs are their seed masks.
     """
 
     frame_idx: int
@@ -112,11 +113,14 @@ class Sam2VideoSession:
     """Seed objects with masks, propagate them forward or backward, clear their memory.
 
     ``frames`` is a sequence of (H, W, 3) uint8 frames (or a (T, H, W, 3) array) or a callable
-    ``frame_idx -> frame`` together with ``num_frames``. The model must be in eval mode.
+    ``frame_idx -> frame`` together with ``num_frames``. The model must be in eval mode. ``mask_size``: the
+    (height, width) masks are returned at (default: the frames'), upsampled once from SAM2's low-resolution
+    logits, e.g. straight to the video's size when the frames were resized for SAM2.
     """
 
     def __init__(
-        self, bridge: Sam2Bridge, frames: FrameSource | Sequence[np.ndarray] | np.ndarray, num_frames: int | None = None
+        self, bridge: Sam2Bridge, frames: FrameSource | Sequence[np.ndarray] | np.ndarray, num_frames: int | None = None,
+        mask_size: tuple[int, int] | None = None,
     ) -> None:
         if callable(frames):
             if num_frames is None:
@@ -133,6 +137,7 @@ class Sam2VideoSession:
         self.sam = bridge.sam
         self.num_frames = num_frames
         self.frame_size: tuple[int, int] | None = None
+        self.mask_size = mask_size
         self._objects: dict[Hashable, _ObjectState] = {}
         self._cached: tuple[int, ImageFeatures] | None = None
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
@@ -432,7 +437,8 @@ class Sam2VideoSession:
         for obj_id in active:
             self._prune(self._objects[obj_id], frame_idx)
         masks = F.interpolate(
-            torch.cat([outputs[o][0] for o in active]), size=self.frame_size, mode="bilinear", align_corners=False
+            torch.cat([outputs[o][0] for o in active]), size=self.mask_size or self.frame_size, mode="bilinear",
+            align_corners=False,
         )
         return FrameResult(
             frame_idx=frame_idx,
