@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from actors import rle as rle_codec
 from actors.bap import BACKWARD, FORWARD, ClearAndReseed, Condition, PropagationConfig, PropagationPolicy
 from actors.decode import FrameChunk, FrameSource, Size, fit_within
-from actors.frame_store import frame_store
+from actors.frame_store import StoreFile, frame_store
 from actors.mask_spool import MaskSink, MaskSpool
 from actors.model.sam2_bridge import ImageFeatures, MaskPrediction, Sam2Bridge
 from actors.model.sam2_session import Sam2VideoSession
@@ -448,6 +448,7 @@ class VideoLabeler:
         self.prompt_stage = PromptStage(mllm, config)
         self.mask_stage = MaskStage(sam2, config)
         self.sampler = make_sampler(config.sampling)
+        self.store_file = StoreFile()  # reused by every video this labeler sweeps
 
     def label(self, source: FrameSource, queries: Sequence[ExpressionQuery]) -> VideoLabels:
         if not queries:
@@ -465,7 +466,7 @@ class VideoLabeler:
             with timer.stage("decode_keyframes"):
                 union = key_frame_union(samples)
                 source_size = self.mask_stage.source_size(height, width)
-                frames = stack.enter_context(frame_store(source, source_size))
+                frames = stack.enter_context(frame_store(source, source_size, self.store_file))
                 decoded = KeyFrames(union, frames.get(union, source_size))
             with timer.stage("seg"):
                 mllm_frames = decoded.resized(fit_within(height, width, config.keyframe_side))

@@ -22,7 +22,7 @@ import torch
 
 from actors.decode import DecoderConfig
 from actors.engine import EngineConfig
-from actors.frame_store import frame_store
+from actors.frame_store import StoreFile, frame_store
 from actors.frames import open_source
 from actors.mllm import VideoPrompter, inference_device, load_inference_model, queries_of
 from actors.model.config import ModelConfig
@@ -41,12 +41,13 @@ class FusedLabeler:
         self.prompter = VideoPrompter(network.mllm, network.sam2.image_size, engine)
         self.segmenter = VideoSegmenter(network.sam2, engine, output, device, decoder.scratch_dir)
         self.decoder, self.storage_options = decoder, storage_options
+        self.store_file = StoreFile(decoder.scratch_dir)
         self.runner = StageRunner("label", self.label)
 
     def label(self, row: dict[str, Any]) -> VideoMasks:
         source, queries = VideoSource.from_json(row["source"]), queries_of(row)
         with open_source(source, self.storage_options, self.decoder) as video:
-            with frame_store(video, self.segmenter.source_size(video.height, video.width)) as frames:
+            with frame_store(video, self.segmenter.source_size(video.height, video.width), self.store_file) as frames:
                 prompted = self.prompter.prompts(payload_of(row), [q.text for q in queries], frames)
                 return self.segmenter.masks(row["video_id"], source, queries, prompted, frames)
 

@@ -19,7 +19,7 @@ import torch
 
 from actors.decode import DecoderConfig, FrameSource
 from actors.engine import EngineConfig, ExpressionQuery, KeyFrames, MaskStage, key_frame_union
-from actors.frame_store import frame_store
+from actors.frame_store import StoreFile, frame_store
 from actors.frames import open_source
 from actors.mask_spool import MaskSpool
 from actors.mllm import VideoPrompts, inference_device, load_inference_model, queries_of
@@ -83,12 +83,13 @@ class Propagator:
         device = inference_device()
         self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder.scratch_dir)
         self.decoder, self.storage_options = decoder, storage_options
+        self.store_file = StoreFile(decoder.scratch_dir)
         self.runner = StageRunner("propagate", self.propagate)
 
     def propagate(self, row: dict[str, Any]) -> VideoMasks:
         source = VideoSource.from_json(row["source"])
         with open_source(source, self.storage_options, self.decoder) as video:
-            with frame_store(video, self.segmenter.source_size(video.height, video.width)) as frames:
+            with frame_store(video, self.segmenter.source_size(video.height, video.width), self.store_file) as frames:
                 return self.segmenter.masks(row["video_id"], source, queries_of(row), payload_of(row), frames)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

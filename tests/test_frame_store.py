@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from actors.decode import DecoderConfig, VideoDecoder
-from actors.frame_store import SweptFrames, frame_store
+from actors.frame_store import StoreFile, SweptFrames, frame_store
 from actors.mask_spool import MaskSpool
 
 FRAMES, HEIGHT, WIDTH = 90, 48, 64
@@ -34,12 +34,13 @@ def long_gop_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_swept_frames_equal_random_access_and_decode_each_frame_once(long_gop_video: Path) -> None:
+def test_swept_frames_equal_random_access_and_decode_each_frame_once(long_gop_video: Path, tmp_path: Path) -> None:
     size = (40, 52)
     with VideoDecoder(str(long_gop_video)) as reference:
         assert reference.keyframes == [0]
         expected = reference.get(np.arange(FRAMES), size)
-    with VideoDecoder(str(long_gop_video)) as decoder, frame_store(decoder, size) as store:
+    file = StoreFile(str(tmp_path))
+    with VideoDecoder(str(long_gop_video)) as decoder, frame_store(decoder, size, file) as store:
         assert isinstance(store, SweptFrames)
         np.testing.assert_array_equal(store.get([70, 3, 70, 0], size), expected[[70, 3, 70, 0]])
         backward = list(store.stream(89, "backward", size, 16))
@@ -58,8 +59,17 @@ def test_swept_frames_equal_random_access_and_decode_each_frame_once(long_gop_vi
             store.stream(50, "forward", size, 8, stop=10)
         with pytest.raises(IndexError, match=r"in \[0, 90\)"):
             store.get([90], size)
-        path = store._path
-    assert not Path(path).exists(), "the scratch file outlives the store"
+    # the worker's file is overwritten in place by the next video, and deleted when the worker closes it
+    assert [p.name for p in tmp_path.iterdir()] == [Path(file.path).name]
+    with VideoDecoder(str(long_gop_video)) as decoder, frame_store(decoder, (20, 26), file) as store:
+        np.testing.assert_array_equal(store.get([5]), decoder.get([5], (20, 26)))
+    assert Path(file.path).stat().st_size == FRAMES * 40 * 52 * 3  # the larger video's frames
+    file.close()
+    assert list(tmp_path.iterdir()) == []
+    with VideoDecoder(str(long_gop_video), config=DecoderConfig(scratch_dir=str(tmp_path))) as decoder:
+        with frame_store(decoder, size) as store:  # no worker file: a file of its own, deleted after
+            assert len(list(tmp_path.glob("vrseg-sweep-*"))) == 1 and store.get([1]).shape == (1, 40, 52, 3)
+        assert list(tmp_path.glob("vrseg-sweep-*")) == []
 
 
 def test_store_over_budget_falls_back_to_the_decoder(long_gop_video: Path) -> None:
