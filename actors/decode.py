@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from actors.retry import is_transient, with_retries
+from actors.scratch import scratch_prefix
 from actors.uri import filesystem_for, protocol_of, redact
 
 Size = tuple[int, int]
@@ -292,7 +293,7 @@ class VideoDecoder:
     ) -> None:
         self.uri = uri
         self.config = config or DecoderConfig()
-        self._scratch = tempfile.mkdtemp(prefix="vrseg-decode-", dir=self.config.scratch_dir)
+        self._scratch = tempfile.mkdtemp(prefix=scratch_prefix("decode"), dir=self.config.scratch_dir)
         self._remove_scratch = weakref.finalize(self, shutil.rmtree, self._scratch, True)  # also if never closed
         self._readers: OrderedDict[Size, _Reader] = OrderedDict()
         try:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from actors.decode import Direction, FrameChunk, FrameSource, Size, VideoDecoder
+from actors.scratch import scratch_prefix
 
 SWEEP_CHUNK_BYTES = 16 << 20
 """Frames decoded per step of the sweep: small steps keep the decoded arrays in reused memory (measured:
@@ -50,7 +51,7 @@ class StoreFile:
     @property
     def fd(self) -> int:
         if self._fd < 0:
-            self._fd, path = tempfile.mkstemp(prefix="vrseg-sweep-", suffix=".rgb", dir=self.scratch_dir)
+            self._fd, path = tempfile.mkstemp(prefix=scratch_prefix("sweep"), suffix=".rgb", dir=self.scratch_dir)
             self.path = path
             self._finalizer = weakref.finalize(self, _remove_file, self._fd, path)
         return self._fd

@@ -30,6 +30,7 @@ from actors.decode import (
     fit_within,
     uniform_indices,
 )
+from actors.scratch import remove_orphans
 from actors.uri import filesystem_for, join, redact
 from actors.video_rows import LowresVideo, StageRunner, VideoSource
 
@@ -136,6 +137,7 @@ class LowresDecoder:
 
     def __init__(self, count: int, side: int, decoder: DecoderConfig,
                  storage_options: Mapping[str, Any] | None = None) -> None:
+        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         self.count, self.side, self.decoder, self.storage_options = count, side, decoder, storage_options
         self.runner = StageRunner("decode", self.decode)
 

@@ -27,6 +27,7 @@ from actors.frames import open_source
 from actors.mllm import VideoPrompter, inference_device, load_inference_model, queries_of
 from actors.model.config import ModelConfig
 from actors.propagate import MaskOutput, VideoSegmenter
+from actors.scratch import remove_orphans
 from actors.video_rows import StageRunner, VideoMasks, VideoSource, payload_of
 
 
@@ -36,6 +37,7 @@ class FusedLabeler:
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
+        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         device = inference_device()
         network = load_inference_model(model).to(device)
         self.prompter = VideoPrompter(network.mllm, network.sam2.image_size, engine)

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from actors.scratch import scratch_prefix
+
 
 class MaskSink(Protocol):
     """Where the engine hands each (expression, frame) mask the moment it is final."""
@@ -47,7 +49,7 @@ class MaskSpool:
         self._offset = np.full((num_expressions, num_frames), -1, dtype=np.int64)
         self._length = np.zeros((num_expressions, num_frames), dtype=np.int32)
         self._score = np.zeros((num_expressions, num_frames), dtype=np.float32)
-        handle, self._path = tempfile.mkstemp(prefix="vrseg-masks-", suffix=".rle", dir=scratch_dir)
+        handle, self._path = tempfile.mkstemp(prefix=scratch_prefix("masks"), suffix=".rle", dir=scratch_dir)
         self._file = os.fdopen(handle, "w+b")
         self._size = 0
 

@@ -39,6 +39,7 @@ from actors.model.checkpoints import build_model
 from actors.model.config import ModelConfig
 from actors.model.segmllm import SegMLLM, SegModel, SegPrompts
 from actors.sampling import SampleResult, make_sampler
+from actors.scratch import remove_orphans
 from actors.video_rows import LowresVideo, StageRunner, VideoSource, payload_of
 
 
@@ -105,6 +106,7 @@ class MLLMWorker:
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
+        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         network = load_inference_model(model)
         self.prompter = VideoPrompter(network.mllm.to(inference_device()), network.sam2.image_size, engine)
         del network.sam2  # the Propagator holds SAM2

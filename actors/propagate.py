@@ -26,6 +26,7 @@ from actors.mllm import VideoPrompts, inference_device, load_inference_model, qu
 from actors.model.checkpoints import load_sam2_decoder
 from actors.model.config import ModelConfig
 from actors.model.sam2_bridge import Sam2Bridge, build_sam2
+from actors.scratch import remove_orphans
 from actors.video_rows import ExpressionTrack, StageRunner, VideoMasks, VideoSource, payload_of
 
 
@@ -80,6 +81,7 @@ class Propagator:
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
+        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         device = inference_device()
         self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder.scratch_dir)
         self.decoder, self.storage_options = decoder, storage_options

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from actors.decode import DecoderConfig, VideoDecoder
 from actors.frame_store import StoreFile, SweptFrames, frame_store
 from actors.mask_spool import MaskSpool
+from actors.scratch import remove_orphans
 
 FRAMES, HEIGHT, WIDTH = 90, 48, 64
 
@@ -104,3 +108,21 @@ def test_mask_spool_names_missing_frames(tmp_path: Path) -> None:
         assert spool.missing(0) == [0, 2, 3]
         with pytest.raises(RuntimeError, match=r"expression 0 has no mask at frames \[0, 2, 3\]"):
             list(spool.rows())
+
+
+def test_remove_orphans_deletes_only_what_dead_workers_left(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan_file = tmp_path / f"vrseg-sweep-{dead.pid}-abc.rgb"
+    orphan_dir = tmp_path / f"vrseg-decode-{dead.pid}-xyz"
+    orphan_file.write_bytes(b"frames")
+    (orphan_dir / "video").parent.mkdir()
+    (orphan_dir / "video").write_bytes(b"mp4")
+    with MaskSpool(1, 2, str(tmp_path)):  # this live process's scratch entry
+        mine = list(tmp_path.glob(f"vrseg-masks-{os.getpid()}-*"))
+        unrelated = tmp_path / "vrseg-notes.txt"
+        unrelated.write_text("not a scratch entry")
+        removed = remove_orphans(str(tmp_path))
+        assert sorted(removed) == sorted([str(orphan_file), str(orphan_dir)])
+        assert len(mine) == 1 and mine[0].exists() and unrelated.exists()
+        assert not orphan_file.exists() and not orphan_dir.exists()

@@ -57,10 +57,10 @@ def _worker_processes(name: str) -> list[psutil.Process]:
     return found
 
 
-def test_sigkill_of_a_worker_actor_mid_job(s3, ray_local) -> None:  # noqa: ANN001
+def test_sigkill_of_a_worker_actor_mid_job(s3, ray_local, tmp_path) -> None:  # noqa: ANN001
     rows = upload_corpus(s3)
     manifest, output = write_manifest(s3, rows), s3.uri("out")
-    config, model = label_config(s3)
+    config, model = label_config(s3, [f"decoder.scratch_dir={tmp_path}"])
     outcome: dict[str, LabelRun | BaseException] = {}
 
     def job() -> None:
@@ -83,6 +83,8 @@ def test_sigkill_of_a_worker_actor_mid_job(s3, ray_local) -> None:  # noqa: ANN0
     assert (run.done, run.failed) == (4, 0)
     assert len(_markers(s3, output)) == 4
     _assert_every_expression_once(s3, output)
+    # the killed actor's frame store (it had labeled a video) was deleted by the actor that replaced it
+    assert not [p for v in victims for p in tmp_path.glob(f"vrseg-*-{v.pid}-*")]
 
 
 def test_driver_killed_mid_job_then_rerun_finishes_only_the_rest(s3, ray_local) -> None:  # noqa: ANN001
