@@ -5,7 +5,9 @@ A worker killed with SIGKILL (the OOM killer, a preempted node, Ray Data restart
 cleanup, and its frame store alone can hold gigabytes (``actors.frame_store``). Every scratch entry a
 worker creates is named ``vrseg-<kind>-<pid>-<random>``; ``remove_orphans``, which each labeling actor
 runs when it starts, deletes the entries whose owning process no longer exists. A process id reused by a
-live process only makes an orphan wait for a later sweep; a live owner's entries are never touched.
+live process only makes an orphan wait for a later sweep; a live owner's entries are never touched. The
+scratch directory must therefore belong to one process namespace (one machine, or one pod: the KubeRay
+templates give every pod its own ``emptyDir``), never be shared between hosts or containers.
 """
 
 from __future__ import annotations
