@@ -45,15 +45,15 @@ class StoreFile:
 
     def __init__(self, scratch_dir: str | None = None) -> None:
         self.scratch_dir = scratch_dir
+        self.path: str | None = None
         self._fd = -1
         self._finalizer: weakref.finalize | None = None
 
     @property
     def fd(self) -> int:
         if self._fd < 0:
-            self._fd, path = tempfile.mkstemp(prefix=scratch_prefix("sweep"), suffix=".rgb", dir=self.scratch_dir)
-            self.path = path
-            self._finalizer = weakref.finalize(self, _remove_file, self._fd, path)
+            self._fd, self.path = tempfile.mkstemp(prefix=scratch_prefix("sweep"), suffix=".rgb", dir=self.scratch_dir)
+            self._finalizer = weakref.finalize(self, _remove_file, self._fd, self.path)
         return self._fd
 
     def close(self) -> None:

@@ -22,12 +22,9 @@ import torch
 
 from actors.decode import DecoderConfig
 from actors.engine import EngineConfig
-from actors.frame_store import StoreFile, frame_store
-from actors.frames import open_source
 from actors.mllm import VideoPrompter, inference_device, load_inference_model, queries_of
 from actors.model.config import ModelConfig
 from actors.propagate import MaskOutput, VideoSegmenter
-from actors.scratch import remove_orphans
 from actors.video_rows import StageRunner, VideoMasks, VideoSource, payload_of
 
 
@@ -37,21 +34,17 @@ class FusedLabeler:
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
-        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         device = inference_device()
         network = load_inference_model(model).to(device)
         self.prompter = VideoPrompter(network.mllm, network.sam2.image_size, engine)
-        self.segmenter = VideoSegmenter(network.sam2, engine, output, device, decoder.scratch_dir)
-        self.decoder, self.storage_options = decoder, storage_options
-        self.store_file = StoreFile(decoder.scratch_dir)
+        self.segmenter = VideoSegmenter(network.sam2, engine, output, device, decoder, storage_options)
         self.runner = StageRunner("label", self.label)
 
     def label(self, row: dict[str, Any]) -> VideoMasks:
         source, queries = VideoSource.from_json(row["source"]), queries_of(row)
-        with open_source(source, self.storage_options, self.decoder) as video:
-            with frame_store(video, self.segmenter.source_size(video.height, video.width), self.store_file) as frames:
-                prompted = self.prompter.prompts(payload_of(row), [q.text for q in queries], frames)
-                return self.segmenter.masks(row["video_id"], source, queries, prompted, frames)
+        with self.segmenter.video_frames(source) as frames:
+            prompted = self.prompter.prompts(payload_of(row), [q.text for q in queries], frames)
+            return self.segmenter.masks(row["video_id"], source, queries, prompted, frames)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)

@@ -56,8 +56,7 @@ class MaskSpool:
     def put(self, expression: int, frame: int, counts: str, score: float) -> None:
         """Record (a later ``put`` of the same expression and frame replaces the earlier one)."""
         data = counts.encode("ascii")
-        self._file.seek(self._size)
-        self._file.write(data)
+        self._file.write(data)  # appended: only ``os.pread`` reads, which leaves the position at the end
         self._offset[expression, frame] = self._size
         self._length[expression, frame] = len(data)
         self._score[expression, frame] = score

@@ -11,7 +11,8 @@ the object store stay bounded whatever the video's length (ARCHITECTURE steps 6-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -50,15 +51,22 @@ def load_sam2(config: ModelConfig) -> Sam2Bridge:
 
 class VideoSegmenter:
     """The SAM2 half of one video's job: key-frame masks and BAP over a frame store, masks spooled and
-    handed to the ``MaskOutput``."""
+    handed to the ``MaskOutput``. Holds the worker's ``StoreFile`` (reused video after video)."""
 
     def __init__(self, sam2: Sam2Bridge, engine: EngineConfig, output: MaskOutput, device: torch.device,
-                 scratch_dir: str | None = None) -> None:
+                 decoder: DecoderConfig, storage_options: Mapping[str, Any] | None = None) -> None:
+        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         self.stage = MaskStage(sam2, engine)
-        self.output, self.device, self.scratch_dir = output, device, scratch_dir
+        self.output, self.device = output, device
+        self.decoder, self.storage_options = decoder, storage_options
+        self.store_file = StoreFile(decoder.scratch_dir)
 
-    def source_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.stage.source_size(height, width)
+    @contextmanager
+    def video_frames(self, source: VideoSource) -> Iterator[FrameSource]:
+        """``source``'s video swept into the worker's frame store at the engine's source size."""
+        with open_source(source, self.storage_options, self.decoder) as video:
+            with frame_store(video, self.stage.source_size(video.height, video.width), self.store_file) as frames:
+                yield frames
 
     def masks(self, video_id: str, source: VideoSource, queries: list[ExpressionQuery], prompted: VideoPrompts,
               frames: FrameSource) -> VideoMasks:
@@ -66,7 +74,7 @@ class VideoSegmenter:
         size = self.stage.source_size(frames.height, frames.width)
         union = key_frame_union(prompted.samples)
         decoded = KeyFrames(union, frames.get(union, size))
-        with MaskSpool(len(queries), frames.num_frames, self.scratch_dir) as spool:
+        with MaskSpool(len(queries), frames.num_frames, self.decoder.scratch_dir) as spool:
             masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded, spool)
             files = self.output.write(video_id, source, (frames.height, frames.width), [q.expr_id for q in queries],
                                       spool)
@@ -81,18 +89,14 @@ class Propagator:
     def __init__(self, model: ModelConfig, engine: EngineConfig, decoder: DecoderConfig, output: MaskOutput,
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
-        remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
         device = inference_device()
-        self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder.scratch_dir)
-        self.decoder, self.storage_options = decoder, storage_options
-        self.store_file = StoreFile(decoder.scratch_dir)
+        self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder, storage_options)
         self.runner = StageRunner("propagate", self.propagate)
 
     def propagate(self, row: dict[str, Any]) -> VideoMasks:
         source = VideoSource.from_json(row["source"])
-        with open_source(source, self.storage_options, self.decoder) as video:
-            with frame_store(video, self.segmenter.source_size(video.height, video.width), self.store_file) as frames:
-                return self.segmenter.masks(row["video_id"], source, queries_of(row), payload_of(row), frames)
+        with self.segmenter.video_frames(source) as frames:
+            return self.segmenter.masks(row["video_id"], source, queries_of(row), payload_of(row), frames)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)
