@@ -288,7 +288,9 @@ def test_objects_seeded_on_different_frames_share_memory_attention_once_their_me
     frames, masks = moving_discs(40, 2)
     anchors = {"a": 2, "b": 5}
     calls = []
-    hook = bridge.sam.memory_attention.register_forward_hook(lambda module, args, out: calls.append(out.shape[1]))
+    # the objects' cross-attention to their memories: (B, HW, C) per call
+    cross_attention = bridge.sam.memory_attention.layers[0].cross_attn_image
+    hook = cross_attention.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
     try:
         session = Sam2VideoSession(bridge, frames)
         for obj, anchor in anchors.items():

@@ -17,7 +17,9 @@ own bookkeeping instead of ``SAM2VideoPredictor``'s, for three reasons:
    encodings (from whichever frames that object was seeded or tracked on), and objects with the same
    number of memory tokens and object-pointer tokens are attended as one batch. Objects seeded on
    different frames (different anchors, BAP re-seeds at different key frames) so still share the work;
-   only the first frames after a seed, while an object's memory fills up, form smaller batches.
+   only the first frames after a seed, while an object's memory fills up, form smaller batches. What is the
+   same for every object on a frame (memory attention's first self-attention, the prompt-free prompt
+   embeddings) runs once, and only the selected mask is upsampled (``actors/model/sam2_tracking.py``).
 
 The tracking score S^t (MomentSeg Eq. 8) is ``object_scores = sigmoid(object_score_logits)``, SAM2's
 occlusion head: the probability that the object is visible in the frame. The predicted IoU of the tracked
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.model.sam2_bridge import ImageFeatures, Sam2Bridge
+from actors.model.sam2_tracking import attend_memory, decode_tracked_masks
 
 FrameSource = Callable[[int], np.ndarray]
 
@@ -347,10 +350,10 @@ class Sam2VideoSession:
         conditioned: list[torch.Tensor | None] = [None] * len(states)
         for (_, num_ptr_tokens), groups in shapes.items():
             order = [i for members, _ in groups for i in members]
-            batch = features.expand(len(order))
-            fused = self.sam.memory_attention(
-                curr=batch.vision_feats[-1:],
-                curr_pos=batch.vision_pos[-1:],
+            fused = attend_memory(
+                self.sam.memory_attention,
+                curr=features.vision_feats[-1],
+                curr_pos=features.vision_pos[-1],
                 memory=torch.cat([call.memory for _, call in groups], dim=1),
                 memory_pos=torch.cat([call.memory_pos for _, call in groups], dim=1),
                 num_obj_ptr_tokens=num_ptr_tokens,
@@ -358,20 +361,12 @@ class Sam2VideoSession:
             fused = fused.permute(1, 2, 0).reshape(len(order), -1, height, width)
             for j, i in enumerate(order):
                 conditioned[i] = fused[j : j + 1]
-        batch = features.expand(len(states))
-        high_res_features = [
-            x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *size)
-            for x, size in zip(batch.vision_feats[:-1], batch.feat_sizes[:-1], strict=True)
-        ]
-        _, _, ious, low_res, high_res, obj_ptr, object_score_logits = self.sam._forward_sam_heads(
-            backbone_features=torch.cat(conditioned),  # type: ignore[arg-type]
-            high_res_features=high_res_features or None,
-            multimask_output=self.sam._use_multimask(False, None),
-        )
-        maskmem = self._encode_memory(features, high_res, object_score_logits, is_mask_from_pts=False)
+        # the frame's high-resolution maps at batch one: the decoder adds them to every object's upscaling
+        heads = decode_tracked_masks(self.sam, torch.cat(conditioned), features.high_res_maps())  # type: ignore[arg-type]
+        maskmem = self._encode_memory(features, heads.high_res, heads.object_score_logits, is_mask_from_pts=False)
         for i, state in enumerate(states):
-            state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1], obj_ptr=obj_ptr[i : i + 1])
-        return low_res, object_score_logits[:, 0], ious.max(dim=-1).values
+            state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1], obj_ptr=heads.obj_ptr[i : i + 1])
+        return heads.low_res, heads.object_score_logits[:, 0], heads.ious
 
     def _prune(self, state: _ObjectState, front: int) -> None:
         """Keep tracked memory within reach of the propagation front or of a seed."""
