@@ -410,6 +410,7 @@ class MaskStage:
             for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):
                 frame = result.frame_idx
                 reseeds: dict[int, np.ndarray] = {}
+                tracked: list[tuple[int, int, float]] = []  # (expression, row in result, score)
                 for i, e in enumerate(result.obj_ids):
                     if frame == starts[e]:
                         if direction == FORWARD:
@@ -424,7 +425,11 @@ class MaskStage:
                         reseeded[e].append(frame)
                         use_key_mask(e, frame)
                     else:
-                        emit(e, frame, to_rle.from_logits(result.mask_logits[i]), score)
+                        tracked.append((e, i, score))
+                if tracked:
+                    rles = to_rle.from_logits(result.mask_logits[[i for _, i, _ in tracked]])
+                    for (e, _, score), rle in zip(tracked, rles, strict=True):
+                        emit(e, frame, rle, score)
                 session.add_masks(frame, reseeds)  # one batch for every object re-seeded on this frame
         for e in range(len(samples)):
             missing = np.flatnonzero(~done[e])
@@ -498,12 +503,12 @@ class _MaskWriter:
     def __init__(self, size: tuple[int, int], threshold: float) -> None:
         self.size, self.threshold = size, threshold
 
-    def from_logits(self, logits: torch.Tensor) -> rle_codec.RLE:
-        if tuple(logits.shape) != self.size:
-            logits = F.interpolate(logits[None, None], size=self.size, mode="bilinear", align_corners=False)[0, 0]
-        return rle_codec.encode((logits > self.threshold).cpu().numpy())
+    def from_logits(self, logits: torch.Tensor) -> list[rle_codec.RLE]:
+        """RLEs of (N, h, w) logits, thresholded together (one device-to-host copy)."""
+        if tuple(logits.shape[-2:]) != self.size:
+            logits = F.interpolate(logits[:, None], size=self.size, mode="bilinear", align_corners=False)[:, 0]
+        return rle_codec.encode_many((logits > self.threshold).cpu().numpy())
 
     def from_mask(self, mask: np.ndarray) -> rle_codec.RLE:
         logits = torch.from_numpy(mask.astype(np.float32) * 2.0 - 1.0)
-        return self.from_logits(logits)
-
+        return self.from_logits(logits[None])[0]

@@ -26,9 +26,18 @@ def encode(mask: np.ndarray) -> RLE:
     """Compressed COCO RLE of a 2-D mask (binarised: non-zero is foreground)."""
     if mask.ndim != 2:
         raise RLEError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    binary = np.asfortranarray((mask != 0).astype(np.uint8))
-    encoded = mask_utils.encode(binary)
-    return {"size": [int(encoded["size"][0]), int(encoded["size"][1])], "counts": encoded["counts"].decode("ascii")}
+    return encode_many(mask[None])[0]
+
+
+def encode_many(masks: np.ndarray) -> list[RLE]:
+    """Compressed COCO RLEs of a stack of (N, H, W) masks (binarised), in one pycocotools call."""
+    if masks.ndim != 3:
+        raise RLEError(f"masks must be 3-D (N, H, W), got shape {masks.shape}")
+    binary = np.asfortranarray((masks != 0).astype(np.uint8).transpose(1, 2, 0))
+    return [
+        {"size": [int(coded["size"][0]), int(coded["size"][1])], "counts": coded["counts"].decode("ascii")}
+        for coded in mask_utils.encode(binary)
+    ]
 
 
 def decode(rle: RLE | dict, expected_size: tuple[int, int] | None = None) -> np.ndarray:

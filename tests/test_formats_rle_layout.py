@@ -244,3 +244,15 @@ def test_missing_jpeg_when_size_unknown(tmp_path: Path) -> None:
     (tmp_path / "meta_expressions.json").write_text(json.dumps(
         {"videos": {"v": {"expressions": {"0": {"exp": "x"}}, "frames": ["00000"]}}}))
     _expect(tmp_path, "JPEGImages/v/00000.jpg", "v", None, "file not found")
+
+
+def test_encode_many_equals_one_by_one_and_decodes_back() -> None:
+    rng = np.random.default_rng(3)
+    masks = rng.random((5, H, W)) > 0.6
+    masks[2] = False  # an empty mask
+    many = rle_codec.encode_many(masks)
+    assert many == [rle_codec.encode(m) for m in masks]
+    for mask, rle in zip(masks, many, strict=True):
+        np.testing.assert_array_equal(rle_codec.decode(rle, (H, W)), mask)
+    with pytest.raises(rle_codec.RLEError, match=r"3-D \(N, H, W\), got shape \(16, 24\)"):
+        rle_codec.encode_many(masks[0])
