@@ -23,7 +23,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 
@@ -64,7 +64,8 @@ class StoreFile:
 
 def _remove_file(fd: int, path: str) -> None:
     os.close(fd)
-    os.remove(path)
+    with suppress(FileNotFoundError):  # its directory may be gone already (a temporary one, at exit)
+        os.remove(path)
 
 
 class SweptFrames:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from fractions import Fraction
@@ -74,6 +75,16 @@ def test_swept_frames_equal_random_access_and_decode_each_frame_once(long_gop_vi
         with frame_store(decoder, size) as store:  # no worker file: a file of its own, deleted after
             assert len(list(tmp_path.glob("vrseg-sweep-*"))) == 1 and store.get([1]).shape == (1, 40, 52, 3)
         assert list(tmp_path.glob("vrseg-sweep-*")) == []
+
+
+def test_store_file_closes_after_its_directory_was_removed(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    file = StoreFile(str(scratch))
+    os.write(file.fd, b"frames")
+    shutil.rmtree(scratch)  # e.g. a temporary directory cleaned up before the worker's file at exit
+    file.close()
+    file.close()
 
 
 def test_store_over_budget_falls_back_to_the_decoder(long_gop_video: Path) -> None:
