@@ -23,8 +23,9 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 - at the end rank 0 exports a model directory (``actors.model.checkpoints.export_model``) that labeling
   loads by config (``model.yaml`` inside it, or ``checkpoints.load_exported``).
 
-Choices: RNG states are not checkpointed (the data order is deterministic by sample index; dropout
-noise after a resume differs). The data pipeline is built for the remaining steps only.
+Choices: no RNG state is checkpointed. The data are deterministic by sample index, and the torch RNG
+(dropout) is re-seeded at every optimizer step from ``(seed, step, rank)`` (``step_seed``), so a resumed run
+draws the same dropout masks as an uninterrupted one. The data pipeline is built for the remaining steps only.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample]:
 
 
 # ------------------------------------------------------------------------------------------ optimisation
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of optimizer step ``step`` on worker ``rank``: a function of the three only, so the
+    step's dropout noise does not depend on whether the run was resumed before it."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0])
+
+
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Multiplier of the base learning rate at ``step``: linear warmup from 1/(warmup+1), then cosine decay
     from 1 to ``min_ratio`` at ``total_steps``."""
@@ -240,6 +247,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                                                       drop_last=True))
     started = time.perf_counter()
     while state.step < config.max_steps:
+        torch.manual_seed(step_seed(config.seed, state.step, rank))
         sums = torch.zeros(len(LOSS_PARTS) + 1, device=device, dtype=torch.float64)
         counts = torch.zeros_like(sums)
         for micro in range(accum):

@@ -4,6 +4,7 @@ corpus, checkpoints in a moto S3 bucket, resume, export loaded by the labeling m
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,26 @@ def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local:
         prompts = [m.mllm.seg_prompts(frames[:2], expressions).prompts for m in (trained, untrained)]
     assert scores[0].shape == (2, 8) and not torch.allclose(scores[0], scores[1], atol=1e-3)
     assert not torch.allclose(prompts[0], prompts[1], atol=1e-3)
+
+
+def test_resumed_run_repeats_the_uninterrupted_run_with_dropout(corpus: Path, tmp_path: Path,
+                                                               ray_local: None) -> None:
+    """A run resumed from the step-2 checkpoint of another run repeats that run's steps 3-4 exactly: the same
+    data, weights, AdamW and schedule state, and dropout noise (one worker and one decoding actor keep the
+    order of the samples fixed)."""
+
+    def config(storage: str):  # noqa: ANN202 - TrainConfig
+        run = tiny_config(corpus, "num_workers=1", "optim.warmup_steps=0", "checkpoint_every=2", "max_steps=4",
+                          f"storage_path={tmp_path / storage}")
+        run.model_overrides = ["mllm.lora.dropout=0.5"]
+        return run
+
+    def steps(result) -> list[dict[str, float]]:  # noqa: ANN001 - TrainResult
+        return [{k: v for k, v in m.items() if k != "time"} for m in result.state.history]
+
+    whole = steps(run_training(config("whole")))
+    # as if the run had been killed after its step-2 checkpoint
+    shutil.copytree(tmp_path / "whole" / "tiny" / "step_00000002", tmp_path / "resumed" / "tiny" / "step_00000002")
+    resumed = steps(run_training(config("resumed")))
+    assert [m["step"] for m in whole] == [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert resumed == whole
