@@ -25,7 +25,10 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 
 Choices: no RNG state is checkpointed. The data are deterministic by sample index, and the torch RNG
 (dropout) is re-seeded at every optimizer step from ``(seed, step, rank)`` (``step_seed``), so a resumed run
-draws the same dropout masks as an uninterrupted one. The data pipeline is built for the remaining steps only.
+draws the same dropout masks as an uninterrupted one. With one worker and one decoding actor a resumed run
+repeats the uninterrupted one exactly; with more, Ray Data hands each block to whichever consumer asks first,
+so which worker trains on which sample of a step (and the order of the samples) may differ between runs. The
+data pipeline is built for the remaining steps only.
 """
 
 from __future__ import annotations
