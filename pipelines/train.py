@@ -25,10 +25,9 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 
 Choices: no RNG state is checkpointed. The data are deterministic by sample index, and the torch RNG
 (dropout) is re-seeded at every optimizer step from ``(seed, step, rank)`` (``step_seed``), so a resumed run
-draws the same dropout masks as an uninterrupted one. With one worker and one decoding actor a resumed run
-repeats the uninterrupted one exactly; with more, Ray Data hands each block to whichever consumer asks first,
-so which worker trains on which sample of a step (and the order of the samples) may differ between runs. The
-data pipeline is built for the remaining steps only.
+draws the same dropout masks as an uninterrupted one. With ``data.preserve_order`` (the default) the
+samples reach the workers in index order and are split among them the same way every time, so a resumed
+run repeats the uninterrupted one exactly. The data pipeline is built for the remaining steps only.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ import pyarrow.fs
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from actors.config import ConfigError
@@ -367,6 +366,8 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
         checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
         failure_config=FailureConfig(max_failures=config.max_failures),
     )
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = config.data.preserve_order
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config, "model_config": model_config, "start_step": start_step,
@@ -374,6 +375,7 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
         scaling_config=scaling,
         run_config=run_config,
         datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options={"train": ingest}),
     )
 
 

@@ -63,6 +63,10 @@ class SampleConfig:
     ``decode_actors`` CPU actors decode and resize, each reserving ``cpus_per_actor`` CPUs.
     ``rows_per_block`` sample indices per Ray Data input block. ``fixed_pool``: when set, sample index
     i is drawn as index ``i % fixed_pool`` (the same few samples over and over: overfitting checks).
+    ``preserve_order``: samples reach the training workers in index order and are split among them the
+    same way in every run (Ray Data's ``preserve_order``), so a run, and a run resumed from its checkpoint,
+    repeat exactly; ``false`` hands blocks on as the decode actors finish them (more throughput when decode
+    times vary, but which worker trains on which sample then depends on timing).
     """
 
     lowres_frames: int = 8
@@ -73,6 +77,7 @@ class SampleConfig:
     cpus_per_actor: float = 1.0
     rows_per_block: int = 16
     fixed_pool: int | None = None
+    preserve_order: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -112,12 +112,12 @@ def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local:
 
 def test_resumed_run_repeats_the_uninterrupted_run_with_dropout(corpus: Path, tmp_path: Path,
                                                                ray_local: None) -> None:
-    """A run resumed from the step-2 checkpoint of another run repeats that run's steps 3-4 exactly: the same
-    data, weights, AdamW and schedule state, and dropout noise (one worker and one decoding actor keep the
-    order of the samples fixed)."""
+    """A run resumed from the step-2 checkpoint of another run repeats that run's steps 3-4 exactly on both
+    workers: the same samples in the same order on the same worker, weights, AdamW and schedule state, and
+    dropout noise."""
 
     def config(storage: str):  # noqa: ANN202 - TrainConfig
-        run = tiny_config(corpus, "num_workers=1", "optim.warmup_steps=0", "checkpoint_every=2", "max_steps=4",
+        run = tiny_config(corpus, "optim.warmup_steps=0", "checkpoint_every=2", "max_steps=4",
                           f"storage_path={tmp_path / storage}")
         run.model_overrides = ["mllm.lora.dropout=0.5"]
         return run
