@@ -7,7 +7,8 @@ earliest anchor, and backward from the latest anchor. Through a video with long 
 decode most frames two or three more times (measured 2.79 decodes per frame with the low-res pass).
 ``SweptFrames`` decodes the video once, in order, at one size (the largest any of those readers needs),
 writes the raw frames to a scratch file on local disk (a worker's ``StoreFile``, overwritten in place by
-its next video), and serves ``get`` and ``stream`` by reading that file: one decode per frame whatever the keyframe interval, the number of anchors and the direction.
+its next video), and serves ``get`` and ``stream`` by reading that file: one decode per frame whatever the
+keyframe interval, the number of anchors and the direction.
 
 Memory holds one chunk (``SWEEP_CHUNK_BYTES`` while sweeping); the scratch file holds ``num_frames * height * width * 3`` bytes and is read
 with ``pread`` (the page cache, not this process's RSS, keeps it warm). ``frame_store`` sweeps only

@@ -126,6 +126,20 @@ class ImageFeatures:
         ]
 
 
+def select_mask(
+    masks: torch.Tensor, ious: torch.Tensor, object_score_logits: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM2's pick among the mask decoder's (B, M, h, w) candidates (as ``SAM2Base._forward_sam_heads``):
+    per object the one with the highest predicted IoU (the only one for single-mask output), as (B, 1, h, w)
+    float32 logits, hard-gated to ``NO_OBJ_SCORE`` where ``object_score_logits`` (B, 1), when given, says
+    the object is absent. Returns the masks and each object's chosen candidate (B,)."""
+    best = ious.argmax(dim=-1)
+    chosen = masks[torch.arange(masks.shape[0], device=masks.device), best][:, None].float()
+    if object_score_logits is not None:
+        chosen = torch.where(object_score_logits[:, :, None, None] > 0, chosen, NO_OBJ_SCORE)
+    return chosen, best
+
+
 @dataclass
 class MaskPrediction:
     """Masks decoded from prompt embeddings, one per prompt.
@@ -373,11 +387,8 @@ class Sam2Bridge(torch.nn.Module):
             repeat_image=False,
             high_res_features=features.high_res_maps(),
         )
-        best = ious.argmax(dim=-1)  # (B,): the mask SAM2 keeps (a no-op for single-mask output)
-        rows = torch.arange(batch, device=best.device)
-        low_res = low_res[rows, best][:, None].float()  # (B, 1, S/4, S/4)
-        ious = ious[rows, best]
-        if sam.pred_obj_scores and not sam.training:
-            low_res = torch.where(object_score_logits[:, :, None, None] > 0, low_res, NO_OBJ_SCORE)
+        gate = object_score_logits if sam.pred_obj_scores and not sam.training else None
+        low_res, best = select_mask(low_res, ious, gate)  # (B, 1, S/4, S/4)
+        ious = ious.gather(1, best[:, None])[:, 0]
         mask_logits = F.interpolate(low_res, size=features.frame_size, mode="bilinear", align_corners=False)
         return MaskPrediction(mask_logits[:, 0], low_res, ious, object_score_logits[:, 0])

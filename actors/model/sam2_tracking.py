@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from sam2.modeling.memory_attention import MemoryAttention
 from sam2.modeling.sam.transformer import RoPEAttention
-from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
+from sam2.modeling.sam2_base import SAM2Base
+
+from actors.model.sam2_bridge import select_mask
 
 
 @dataclass
@@ -93,18 +95,14 @@ def decode_tracked_masks(
         repeat_image=False,
         high_res_features=high_res_features,
     )
+    low_res, best = select_mask(low_res, ious, object_score_logits if sam.pred_obj_scores else None)
     rows = torch.arange(batch, device=device)
-    best = ious.argmax(dim=-1) if multimask else torch.zeros_like(rows)
-    low_res = low_res[rows, best][:, None]
     token = output_tokens[rows, best] if multimask and output_tokens.shape[1] > 1 else output_tokens[:, 0]
     obj_ptr = sam.obj_ptr_proj(token)
     if sam.pred_obj_scores:
-        appearing = object_score_logits > 0
-        low_res = torch.where(appearing[:, None, None], low_res, NO_OBJ_SCORE)
-        visible = object_score_logits.sigmoid() if sam.soft_no_obj_ptr else appearing.float()
+        visible = object_score_logits.sigmoid() if sam.soft_no_obj_ptr else (object_score_logits > 0).float()
         if sam.fixed_no_obj_ptr:
             obj_ptr = visible * obj_ptr
         obj_ptr = obj_ptr + (1 - visible) * sam.no_obj_ptr
-    low_res = low_res.float()
     high_res = F.interpolate(low_res, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False)
     return TrackedMasks(low_res, high_res, ious[rows, best], obj_ptr, object_score_logits)
