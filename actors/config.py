@@ -1,20 +1,24 @@
 """Typed configuration: YAML (OmegaConf) merged with ``key=value`` overrides, validated into dataclasses.
 
 Every configurable part of vrseg declares a dataclass schema. ``load_config`` builds the schema's
-defaults, merges the YAML file and the command-line overrides on top, and returns an instance of the
-schema. Unknown or misspelled keys and values of the wrong type are errors that name the key and the
-file (or "command line"), raised before any work starts.
+defaults, merges the YAML file (a local path or any fsspec URI, read by ``read_yaml``) and the
+command-line overrides on top, and returns an instance of the schema. Unknown or misspelled keys and
+values of the wrong type are errors that name the key and the file (or "command line"), raised before
+any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from actors.uri import filesystem_for
 
 T = TypeVar("T")
 
@@ -23,7 +27,7 @@ class ConfigError(ValueError):
     """A configuration file or override is malformed; the message names the key and its source."""
 
 
-def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+def _merge(base: DictConfig, layer: Mapping[str, Any], source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, layer)
     except ConfigKeyError as exc:
@@ -34,9 +38,41 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Return ``schema`` filled from ``path`` (YAML) and ``overrides`` (``a.b=value`` strings).
+def read_yaml(location: str | Path, storage_options: Mapping[str, Any] | None = None) -> DictConfig:
+    """The YAML mapping at ``location`` (a local path or an fsspec URI, read with ``storage_options`` and
+    the environment as in ``actors.uri.filesystem_for``).
 
+    Raises ``ConfigError`` naming ``location`` if it does not exist, cannot be read, is not valid YAML or
+    is not a mapping at the top level.
+    """
+    try:
+        fs, path = filesystem_for(str(location), storage_options)
+        if not fs.isfile(path):
+            raise ConfigError(f"config file not found: {location}")
+        text = fs.cat_file(path).decode("utf-8")
+    except ConfigError:
+        raise
+    except Exception as exc:  # object stores fail in many ways: no bucket, access denied, endpoint down
+        raise ConfigError(f"{location}: cannot read: {exc}") from None
+    try:
+        layer = OmegaConf.load(io.StringIO(text))
+    except Exception as exc:  # YAML syntax errors come in many types
+        raise ConfigError(f"{location}: not valid YAML: {exc}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{location}: top level must be a mapping")
+    return layer
+
+
+def load_config(
+    schema: type[T],
+    path: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    source: str | None = None,
+) -> T:
+    """Return ``schema`` filled from ``path`` and ``overrides`` (``a.b=value`` strings).
+
+    ``path``: a YAML file (local path or fsspec URI with the environment's storage options; ``read_yaml``
+    reads others), or a mapping already read from one, which ``source`` then names in messages.
     Raises ``ConfigError`` naming the offending key and its source for unknown keys, wrong types,
     unreadable files and malformed overrides; ``__post_init__`` checks of the schema run last and
     their ``ValueError`` is re-raised as ``ConfigError`` naming the source.
@@ -46,17 +82,12 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     merged = OmegaConf.structured(schema)
     sources = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            layer = OmegaConf.load(path)
-        except Exception as exc:  # YAML syntax errors come in many types
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(layer, DictConfig):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        merged = _merge(merged, layer, str(path))
-        sources.append(str(path))
+        if isinstance(path, Mapping):
+            layer, name = path, source or "config"
+        else:
+            layer, name = read_yaml(path), source or str(path)
+        merged = _merge(merged, layer, name)
+        sources.append(name)
     if overrides:
         for item in overrides:
             if "=" not in item:

@@ -43,7 +43,7 @@ def load_sam2(config: ModelConfig) -> Sam2Bridge:
     inside its single checkpoint, so that case builds the whole network and keeps its SAM2."""
     if config.mllm.sa2va_uri is not None:
         return load_inference_model(config).sam2
-    sam2 = build_sam2(config.sam2)
+    sam2 = build_sam2(config.sam2, config.mllm.storage_options)
     if config.sam2_decoder_uri is not None:
         load_sam2_decoder(sam2.sam, config.sam2_decoder_uri, config.mllm.storage_options)
     return sam2.eval()

@@ -20,10 +20,25 @@ _SECRET_KEYS = ("secret", "password", "token", "key_id", "access_key")
 _SECRET_NAMES = ("key", "anon_key")
 
 
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
 def protocol_of(uri: str) -> str:
     """``s3`` for ``s3://b/k``, ``file`` for plain paths and ``file://`` URIs."""
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    match = _SCHEME.match(uri)
     return match.group(1).lower() if match else "file"
+
+
+def is_relative(location: str) -> bool:
+    """True for a plain relative path (``a/b``); False for absolute paths and ``proto://`` URIs."""
+    return _SCHEME.match(location) is None and not os.path.isabs(location)
+
+
+def parent(uri: str) -> str:
+    """The directory holding ``uri``: ``s3://b/p`` for ``s3://b/p/f``; a plain path's, made absolute."""
+    if _SCHEME.match(uri):
+        return uri.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(uri))
 
 
 def s3_options_from_env() -> dict[str, Any]:

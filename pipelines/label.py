@@ -34,7 +34,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -50,7 +50,7 @@ from actors.propagate import Propagator
 from actors.uri import join, protocol_of, redact, storage_options_for
 from actors.video_rows import Failure
 from pipelines.formats import FormatError, read_dataset
-from pipelines.label_config import LabelConfig, PoolConfig, load_label_config
+from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, PoolConfig, load_label_config
 from pipelines.label_writer import MaskFileWriter, VideoWriter
 from pipelines.manifest import (
     InputIssue,
@@ -132,12 +132,18 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
-def resolved_storage_options(config: LabelConfig, uris: Sequence[str]) -> dict[str, Any]:
-    """Options every actor gets explicitly: the config's, completed from the AWS environment for s3 URIs
-    (actors on other nodes do not share the driver's environment)."""
+def resolved_storage_options(options: Mapping[str, Any], uris: Sequence[str]) -> dict[str, Any]:
+    """Options actors get explicitly: ``options`` (the config's, or the model weights'), completed from the
+    AWS environment for s3 URIs (actors on other nodes do not share the driver's environment)."""
     if any(protocol_of(uri) in ("s3", "s3a") for uri in uris):
-        return storage_options_for("s3://", config.storage_options)
-    return dict(config.storage_options)
+        return storage_options_for("s3://", options)
+    return dict(options)
+
+
+def model_for_actors(model: ModelConfig) -> ModelConfig:
+    """``model`` with its weights' storage options resolved like the inputs' (``resolved_storage_options``)."""
+    weights = resolved_storage_options(model.mllm.storage_options, model.weight_locations())
+    return replace(model, mllm=replace(model.mllm, storage_options=weights))
 
 
 def read_inputs(spec: InputSpec, config: LabelConfig, options: Mapping[str, Any]) -> LabelInputs:
@@ -229,7 +235,7 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
     import ray.data
 
     start = time.perf_counter()
-    options = resolved_storage_options(config, [*spec.uris(), output_uri])
+    options = resolved_storage_options(config.storage_options, [*spec.uris(), output_uri])
     ensure_ray(address, config.ray.num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     store = OutputStore(output_uri, options)
@@ -240,7 +246,7 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
     result.errors = [_issue_row(issue) for issue in inputs.issues]
     if pending:
         bar = Progress(len(pending), progress)
-        for row in build_pipeline(pending, output_uri, config, model, options, png).iter_rows():
+        for row in build_pipeline(pending, output_uri, config, model_for_actors(model), options, png).iter_rows():
             for stage, seconds in json.loads(row["timings"]).items():
                 result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
             if row["failure"]:
@@ -296,7 +302,7 @@ def run_record(result: LabelRun, spec: InputSpec, output_uri: str, config: Label
         "inputs": {k: v for k, v in vars(spec).items() if v is not None},
         "output": output_uri,
         "config": to_plain(config),
-        "model": {"config_file": str(config.model.path()), "overrides": list(config.model.overrides),
+        "model": {"config_file": config.model.uri(), "overrides": list(config.model.overrides),
                   "config": to_plain(model)},
         "versions": _versions(),
         "counts": {"videos": result.total, "done": result.done, "skipped_committed": result.skipped,
@@ -348,7 +354,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default=None, help="benchmark split for --from-dataset (revos, refytvos, refdavis17)")
     parser.add_argument("--expressions", help="with --videos: .txt (one expression per line, every video) or .json")
     parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
-    parser.add_argument("--config", required=True, help="configs/label/<name>.yaml")
+    parser.add_argument("--config", default=str(DEFAULT_LABEL_CONFIG),
+                        help="configs/label/<name>.yaml (default: configs/label/default.yaml, the shipped procedural "
+                             "model trained by make model)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
     parser.add_argument("--png", action="store_true", help="also write the PNG layout under png/")

@@ -10,8 +10,9 @@ pool per stage: actors, batch size, CPUs / GPUs per actor, torch threads), ``ray
 started when no cluster address is given) and ``storage_options`` (object-store access for every URI; the
 standard AWS environment variables fill in what is not set here).
 
-Loaded with ``actors.config.load_config``; the model config it names is loaded and validated by
-``LabelConfig.model_config()`` before any work starts.
+Loaded with ``actors.config.load_config``; the model config it names (local or fsspec URI, e.g. the
+``model.yaml`` a ``vrseg train`` run exported) is loaded and validated by ``LabelConfig.model_config()``
+before any work starts.
 """
 
 from __future__ import annotations
@@ -25,25 +26,30 @@ from omegaconf import MISSING
 from actors.config import load_config
 from actors.decode import DecoderConfig
 from actors.engine import EngineConfig
-from actors.model.config import ModelConfig
+from actors.model.config import ModelConfig, read_model_config
+from actors.uri import is_relative
 from pipelines.manifest import InputLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_LABEL_CONFIG = PROJECT_ROOT / "configs" / "label" / "default.yaml"  # the embedded default model
 
 
 @dataclass
 class ModelSection:
-    """``config``: a ``configs/model/*.yaml`` path (relative paths are tried from the working directory,
-    then from the project root); ``overrides``: ``key=value`` strings applied to it (weight URIs)."""
+    """``config``: a model YAML, a ``configs/model/*.yaml`` or an exported ``model.yaml``, at a local path
+    (relative paths are tried from the working directory, then from the project root) or any fsspec URI;
+    relative weight locations written in it are relative to its directory
+    (``actors.model.config.read_model_config``). ``overrides``: ``key=value`` strings applied to it (weight
+    URIs; relative ones are relative to the working directory)."""
 
     config: str = MISSING
     overrides: list[str] = field(default_factory=list)
 
-    def path(self) -> Path:
-        path = Path(self.config)
-        if path.is_absolute() or path.exists():
-            return path
-        return PROJECT_ROOT / path
+    def uri(self) -> str:
+        """Where ``config`` is read from."""
+        if not is_relative(self.config) or Path(self.config).exists():
+            return self.config
+        return str(PROJECT_ROOT / self.config)
 
 
 @dataclass
@@ -127,8 +133,9 @@ class LabelConfig:
             raise ValueError(f"decoder: {exc}") from None
 
     def model_config(self) -> ModelConfig:
-        """The model config this labeling config names (``ConfigError`` naming the file if it is invalid)."""
-        return load_config(ModelConfig, self.model.path(), self.model.overrides)
+        """The model config this labeling config names, read with ``storage_options`` (``ConfigError`` naming
+        the file, and the key if one is invalid)."""
+        return read_model_config(self.model.uri(), self.model.overrides, self.storage_options)
 
 
 def load_label_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[LabelConfig, ModelConfig]:

@@ -1,27 +1,33 @@
-"""``vrseg train``: joint TSG + RefVOS fine-tuning (MomentSeg 3.2.1, Eq. 4-5) on Ray Train V2, fed by Ray Data.
+"""``vrseg train``: joint TSG + RefVOS fine-tuning (MomentSeg 3.2.1, Eq. 4-5), or SAM2's own tracking objective,
+on Ray Train V2, fed by Ray Data.
 
 The driver validates everything before any worker starts (config keys, the model config, every dataset
 location and video: ``pipelines.train_data.read_catalog``, the storage location), builds the sample
 dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 
-- the network is ``actors.model.checkpoints.build_model`` + ``SegModel.enable_training`` (trainable: LoRA,
-  new token rows, ``[SEG]``/``[FIND]`` heads, SAM2 mask decoder; everything else frozen), wrapped in DDP
+- the network is ``actors.model.checkpoints.build_model`` and what trains depends on ``objective`` and
+  ``mode`` (``trained_parts``): ``joint`` + ``lora``: LoRA, new token rows, ``[SEG]``/``[FIND]`` heads, SAM2
+  mask decoder (``SegModel.enable_training``); ``joint`` + ``full``: the whole MLLM instead of LoRA;
+  ``sam2_tracking``: every SAM2 module under SAM2's video objective on clips
+  (``actors.model.sam2_video_training.Sam2TrackingObjective``). It is wrapped in DDP
   (``find_unused_parameters``: a TSG-only micro-batch does not reach the mask decoder) or FSDP with
   ``use_orig_params`` (LoRA: only some parameters of a flattened group train);
 - each worker reads its shard (``ray.train.get_dataset_shard``) in micro-batches of ``optim.batch_size``;
   ``optim.grad_accum`` micro-batches (gradient sync only on the last) make one AdamW step with gradient-
   norm clipping and a linear-warmup + cosine schedule; bf16 autocast on GPU only;
-- loss parts (``SegModel.forward_train``: ``lm``, ``find``, ``mask_bce``, ``mask_dice``, ...) weighted by the
-  model config's ``losses`` are averaged over micro-batches and workers and kept per step in the history;
+- loss parts (``SegModel.forward_train``: ``lm``, ``find``, ``mask_bce``, ``mask_dice``, ...; the tracking
+  objective's ``track_focal``, ``track_dice``, ``track_iou``, ``track_object``) weighted by the model
+  config's ``losses`` / SAM2's training weights are averaged over micro-batches and workers and kept per
+  step in the history;
 - every ``checkpoint_every`` steps and at ``max_steps`` a checkpoint goes through ``ray.train.report`` to
-  ``<storage_path>/<name>/step_<N>``: ``model/`` (PEFT adapter, ``heads.safetensors``,
-  ``sam2_decoder.safetensors``), ``optimizer.pt``, ``scheduler.pt``, ``train_state.json`` (step, samples,
-  loss history). Re-running the same command resumes from the latest complete one: the driver finds it in
+  ``<storage_path>/<name>/step_<N>``: ``model/`` (the trained parts, ``checkpoints.save_trainable``),
+  ``optimizer.pt``, ``scheduler.pt``, ``train_state.json`` (step, samples, loss history). Re-running the same command resumes from the latest complete one: the driver finds it in
   storage (every checkpoint file present, so a run killed mid-upload is skipped), builds the data from its
   step on and hands its URI to the workers, which restore exactly that checkpoint (Ray Train's own record
   may lag a hard kill by the second it takes to write it);
 - at the end rank 0 exports a model directory (``actors.model.checkpoints.export_model``) that labeling
-  loads by config (``model.yaml`` inside it, or ``checkpoints.load_exported``).
+  loads by config (``model.yaml`` inside it, or ``checkpoints.load_exported``) and that the next training
+  stage names as its ``model_config``.
 
 Choices: no RNG state is checkpointed. The data are deterministic by sample index, and the torch RNG
 (dropout) is re-seeded at every optimizer step from ``(seed, step, rank)`` (``step_seed``), so a resumed run
@@ -60,23 +66,36 @@ from actors.model.checkpoints import (
     load_trainable,
     local_directory,
     save_trainable,
+    trained_files,
 )
 from actors.model.config import ModelConfig
+from actors.model.sam2_video_training import Sam2TrackingObjective, TrackingClip
 from actors.model.segmllm import SegModel, TrainSample
 from actors.uri import filesystem_for, join, protocol_of, redact
 from pipelines.formats import FormatError
 from pipelines.train_config import TrainConfig, load_model_config, load_train_config
 from pipelines.train_data import read_catalog, sample_dataset
 
-LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "adversarial", "club", "club_likelihood")
+LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "adversarial", "club", "club_likelihood",
+              "track_focal", "track_dice", "track_iou", "track_object")
 STATE_FILE = "train_state.json"
 MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 STEP_PREFIX = "step_"
-CHECKPOINT_FILES = frozenset({STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, f"{MODEL_DIR}/heads.safetensors",
-                              f"{MODEL_DIR}/sam2_decoder.safetensors", f"{MODEL_DIR}/adapter/adapter_config.json",
-                              f"{MODEL_DIR}/adapter/adapter_model.safetensors"})
+
+
+def trained_parts(config: TrainConfig) -> tuple[str, ...]:
+    """What the run trains and checkpoints (``checkpoints.save_trainable`` parts) for its objective and mode."""
+    if config.objective == "sam2_tracking":
+        return ("sam2",)
+    return ("mllm" if config.mode == "full" else "adapter", "heads", "sam2_decoder")
+
+
+def checkpoint_files(config: TrainConfig) -> frozenset[str]:
+    """Every file a complete checkpoint of the run holds (relative to its ``step_<N>`` directory)."""
+    model_files = {f"{MODEL_DIR}/{name}" for name in trained_files(trained_parts(config))}
+    return frozenset({STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, *model_files})
 
 
 @dataclass
@@ -99,18 +118,23 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ batches
-def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample]:
-    """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks,
-    TSG: per-frame labels)."""
+def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[TrackingClip]:
+    """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks, and
+    per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking, ``TrackingClip``s (prompt on the clip's first frame)."""
+    if len(batch["task"]) and batch["task"][0] == "clip":
+        return [TrackingClip(frames=np.array(batch["clip_frames"][row]), masks=np.array(batch["clip_masks"][row]),
+                             prompt_frame=0, prompt=str(batch["prompt"][row]), seed=int(batch["index"][row]))
+                for row in range(len(batch["index"]))]
     samples = []
     for row in range(len(batch["index"])):
         common = {"expression": str(batch["expression"][row]), "lowres_frames": np.array(batch["lowres"][row]),
-                  "template": int(batch["template"][row])}
+                  "template": int(batch["template"][row]),
+                  "frame_labels": torch.tensor(batch["frame_labels"][row]) if batch["find"][row] else None}
         if batch["task"][row] == "refvos":
             samples.append(TrainSample(**common, key_frames=np.array(batch["key_frames"][row]),
                                        masks=torch.tensor(batch["masks"][row])))
         else:
-            samples.append(TrainSample(**common, frame_labels=torch.tensor(batch["frame_labels"][row])))
+            samples.append(TrainSample(**common))
     return samples
 
 
@@ -142,10 +166,21 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.o
     return optimizer, scheduler
 
 
+def training_network(model: SegModel, config: TrainConfig) -> torch.nn.Module:
+    """The module the optimizer trains: ``model`` itself (joint; ``enable_training(mode)``) or SAM2's tracking
+    objective around ``model.sam2`` with every SAM2 parameter trainable (``sam2_tracking``)."""
+    if config.objective == "sam2_tracking":
+        model.requires_grad_(False)
+        model.sam2.requires_grad_(True)
+        return Sam2TrackingObjective(model.sam2).train()
+    model.enable_training(config.mode)
+    return model
+
+
 class ParallelModel:
     """The training network wrapped for data parallelism, and the strategy-specific state access."""
 
-    def __init__(self, model: SegModel, strategy: str) -> None:
+    def __init__(self, model: torch.nn.Module, strategy: str) -> None:
         self.model = model
         self.strategy = strategy
         kwargs = {"find_unused_parameters": True} if strategy == "ddp" else {"use_orig_params": True}
@@ -195,9 +230,9 @@ def _reduce_parts(sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _save_checkpoint(directory: Path, parallel: ParallelModel, optimizer_state: dict[str, Any],
+def _save_checkpoint(directory: Path, model: SegModel, parts: tuple[str, ...], optimizer_state: dict[str, Any],
                      scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState) -> None:
-    save_trainable(parallel.model, str(directory / MODEL_DIR))
+    save_trainable(model, str(directory / MODEL_DIR), parts)
     torch.save(optimizer_state, directory / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     (directory / STATE_FILE).write_text(json.dumps({"step": state.step, "samples": state.samples,
@@ -210,9 +245,10 @@ def parse_state(text: str | bytes) -> TrainState:
     return TrainState(step=int(raw["step"]), samples=int(raw["samples"]), history=list(raw["history"]))
 
 
-def _restore(model: SegModel, directory: Path) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+def _restore(model: SegModel, parts: tuple[str, ...], directory: Path
+             ) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
     """Load the trained parts into ``model``; return the state and the optimizer/scheduler state dicts."""
-    load_trainable(model, str(directory / MODEL_DIR))
+    load_trainable(model, str(directory / MODEL_DIR), parts)
     optimizer_state = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     scheduler_state = torch.load(directory / SCHEDULER_FILE, map_location="cpu", weights_only=True)
     return parse_state((directory / STATE_FILE).read_text()), optimizer_state, scheduler_state
@@ -225,17 +261,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model_config: ModelConfig = loop_config["model_config"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    torch.set_num_threads(config.scaling.threads())
     torch.manual_seed(config.seed)
     model = build_model(model_config)
-    model.enable_training()
+    network = training_network(model, config)
+    saved_parts = trained_parts(config)
     state, optimizer_state, scheduler_state = TrainState(), None, None
     if loop_config["resume_uri"] is not None:  # the driver's choice, which its data offset assumes
         with local_directory(loop_config["resume_uri"], config.storage_options) as directory:
-            state, optimizer_state, scheduler_state = _restore(model, directory)
+            state, optimizer_state, scheduler_state = _restore(model, saved_parts, directory)
     if state.step != loop_config["start_step"]:
         raise RuntimeError(f"worker {rank}: restored step {state.step}, the data starts at step "
                            f"{loop_config['start_step']}")
-    parallel = ParallelModel(model, config.scaling.strategy)
+    parallel = ParallelModel(network, config.scaling.strategy)
     optimizer, scheduler = make_optimizer(parallel.wrapped, config)
     if optimizer_state is not None:
         parallel.load_optimizer_state(optimizer, optimizer_state)
@@ -277,22 +315,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             parts_text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in LOSS_PARTS or k == "loss")
             print(f"vrseg train: step {state.step}/{config.max_steps} {parts_text} lr {lr:.2e}", flush=True)
         if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-            _report_checkpoint(parallel, optimizer, scheduler, state, metrics, rank)
+            _report_checkpoint(parallel, model, saved_parts, optimizer, scheduler, state, metrics, rank)
     with parallel.full_parameters():
         if rank == 0:
             export_model(model, model_config, export_location(config), config.storage_options)
 
 
-def _report_checkpoint(parallel: ParallelModel, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState,
-                       metrics: dict[str, float], rank: int) -> None:
+def _report_checkpoint(parallel: ParallelModel, model: SegModel, parts: tuple[str, ...],
+                       optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                       state: TrainState, metrics: dict[str, float], rank: int) -> None:
     """Every worker reports (a barrier); rank 0 attaches the checkpoint directory."""
     optimizer_state = parallel.optimizer_state(optimizer)
     with tempfile.TemporaryDirectory(prefix="vrseg-train-ckpt-") as tmp:
         checkpoint = None
         with parallel.full_parameters():
             if rank == 0:
-                _save_checkpoint(Path(tmp), parallel, optimizer_state, scheduler, state)
+                _save_checkpoint(Path(tmp), model, parts, optimizer_state, scheduler, state)
                 checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{STEP_PREFIX}{state.step:08d}")
 
@@ -334,7 +372,7 @@ def latest_checkpoint(config: TrainConfig) -> tuple[str, TrainState] | None:
         if not name.startswith(STEP_PREFIX):
             continue
         files = {os.path.relpath(f, f"{path}/{name}") for f in fs.find(f"{path}/{name}")}
-        if not CHECKPOINT_FILES <= files:
+        if not checkpoint_files(config) <= files:
             continue  # partly uploaded (killed mid-upload) or being deleted
         try:
             return join(run_uri, name), parse_state(fs.cat_file(f"{path}/{name}/{STATE_FILE}"))
@@ -353,7 +391,8 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
     start_step = resumed[1].step if resumed else 0
     remaining = max(config.max_steps - start_step, 1)
     per_step = config.samples_per_step()
-    dataset = sample_dataset(catalog, config.data, config.seed, start_step * per_step, remaining * per_step)
+    dataset = sample_dataset(catalog, config.data, config.seed, start_step * per_step, remaining * per_step,
+                             config.objective)
     scaling = ScalingConfig(
         num_workers=config.num_workers,
         use_gpu=config.scaling.use_gpu,

@@ -15,11 +15,14 @@ from typing import Any
 from omegaconf import MISSING
 
 from actors.config import ConfigError, load_config
-from actors.model.config import ModelConfig
+from actors.model.config import ModelConfig, read_model_config
 
 REFVOS_FORMATS = ("mevis", "revos", "refytvos")
 TSG_FORMATS = ("charades-sta", "activitynet")
 STRATEGIES = ("ddp", "fsdp")
+OBJECTIVES = ("joint", "sam2_tracking")
+MODES = ("lora", "full")
+PROMPT_KINDS = ("mask", "box", "points")
 
 
 @dataclass
@@ -68,6 +71,15 @@ class SampleConfig:
     repeat exactly; ``false`` hands blocks on as the decode actors finish them (possibly more throughput when
     decode times vary; no difference measured on the tiny corpus), and which worker trains on which sample
     then depends on timing.
+
+    ``refvos_find``: RefVOS samples also train ``[FIND]`` (Eq. 5) with the frames where the target is visible
+    as the positives, so the relevance that drives MCS and BAP at inference is learnt for referring
+    expressions too, not only for TSG queries (a choice beyond MomentSeg, which trains ``[FIND]`` on TSG data
+    only; it needs nothing but the RefVOS masks, so it works with any RefVOS reader).
+
+    SAM2 tracking samples (``objective: sam2_tracking``): ``clip_frames`` consecutive frames at ``clip_size``
+    (H, W) of one annotated object, with its masks; the prompt on the clip's first frame where the object is
+    visible is drawn from ``clip_prompts`` (relative weights of ``mask``, ``box``, ``points``).
     """
 
     lowres_frames: int = 8
@@ -80,13 +92,23 @@ class SampleConfig:
     fixed_pool: int | None = None
     preserve_order: bool = True
     seed: int = 0
+    refvos_find: bool = False
+    clip_frames: int = 8
+    clip_size: list[int] = field(default_factory=lambda: [256, 256])
+    clip_prompts: dict[str, float] = field(default_factory=lambda: {"mask": 0.5, "box": 0.25, "points": 0.25})
 
     def __post_init__(self) -> None:
         if self.lowres_frames < 2 or self.lowres_frames % 2:
             raise ValueError(f"data.lowres_frames must be even and >= 2, got {self.lowres_frames}")
         if self.key_frames < 1:
             raise ValueError(f"data.key_frames must be >= 1, got {self.key_frames}")
-        for name in ("lowres_size", "keyframe_size"):
+        if self.clip_frames < 1:
+            raise ValueError(f"data.clip_frames must be >= 1, got {self.clip_frames}")
+        unknown = sorted(set(self.clip_prompts) - set(PROMPT_KINDS))
+        if unknown or not self.clip_prompts or min(self.clip_prompts.values()) < 0 or sum(self.clip_prompts.values()) <= 0:
+            raise ValueError(f"data.clip_prompts must weigh {list(PROMPT_KINDS)} with weights >= 0 and a positive "
+                             f"sum, got {dict(self.clip_prompts)}")
+        for name in ("lowres_size", "keyframe_size", "clip_size"):
             size = getattr(self, name)
             if len(size) != 2 or min(size) < 1:
                 raise ValueError(f"data.{name} must be [height, width] with positive sides, got {size}")
@@ -127,11 +149,13 @@ class ScalingSection:
 
     ``cpus_per_worker`` is what each training worker reserves; keep it below the node's CPUs so the
     decode actors of Ray Data get theirs (the trainer must not starve the data pipeline).
-    ``bf16``: autocast to bfloat16 (GPU only; ignored on CPU).
+    ``bf16``: autocast to bfloat16 (GPU only; ignored on CPU). ``torch_threads``: intra-op threads of each
+    worker's torch (None: ``max(1, int(cpus_per_worker))``).
     """
 
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    torch_threads: int | None = None
     strategy: str = "ddp"
     bf16: bool = True
 
@@ -140,6 +164,11 @@ class ScalingSection:
             raise ValueError(f"scaling.strategy must be one of {list(STRATEGIES)}, got '{self.strategy}'")
         if self.cpus_per_worker < 0:
             raise ValueError(f"scaling.cpus_per_worker must be >= 0, got {self.cpus_per_worker}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"scaling.torch_threads must be >= 1 or null, got {self.torch_threads}")
+
+    def threads(self) -> int:
+        return self.torch_threads if self.torch_threads is not None else max(1, int(self.cpus_per_worker))
 
 
 @dataclass
@@ -147,13 +176,23 @@ class TrainConfig:
     """``vrseg train`` configuration.
 
     ``name`` + ``storage_path`` identify the run: re-running with the same pair resumes from the latest
-    checkpoint under ``<storage_path>/<name>``. ``model_config`` is a ``configs/model/*.yaml`` (with
-    ``model_overrides``, e.g. ``losses.find=2.0``). ``export_uri`` receives the finished model
+    checkpoint under ``<storage_path>/<name>``. ``model_config`` is the model the run starts from: a
+    ``configs/model/*.yaml`` or a previous run's exported ``model.yaml``, a local path or fsspec URI whose
+    relative weight locations are relative to its directory (``actors.model.config.read_model_config``),
+    with ``model_overrides`` on top (e.g. ``losses.find=2.0``). ``export_uri`` receives the finished model
     (default ``<storage_path>/<name>/model``). ``data_root`` is free for interpolation in source URIs
     (``${data_root}/...``).
+
+    ``objective``: ``joint`` (MomentSeg's joint TSG + RefVOS training of the MLLM, its heads and SAM2's mask
+    decoder) or ``sam2_tracking`` (SAM2's own video objective on RefVOS clips: every SAM2 module trains,
+    ``actors.model.sam2_video_training``). ``mode`` (``joint`` only): ``lora`` (LoRA + new token rows, the
+    default for pretrained backbones) or ``full`` (every MLLM parameter, vision tower included: training
+    from scratch).
     """
 
     name: str = "vrseg-train"
+    objective: str = "joint"
+    mode: str = "lora"
     storage_path: str = MISSING
     storage_options: dict[str, Any] = field(default_factory=dict)
     model_config: str = "configs/model/tiny.yaml"
@@ -179,9 +218,16 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1 or null, got {self.keep_checkpoints}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got '{self.objective}'")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got '{self.mode}'")
         if not self.sources:
             raise ValueError("sources is empty: give at least one dataset")
         for name, source in self.sources.items():
+            if source.task == "tsg" and self.objective == "sam2_tracking":
+                raise ValueError(f"sources.{name}: a {source.format} source has no masks; the sam2_tracking "
+                                 "objective trains on RefVOS sources only")
             if source.task == "tsg" and source.videos_uri is None:
                 raise ValueError(f"sources.{name}.videos_uri is required for a {source.format} source "
                                  "(its annotations name videos only)")
@@ -199,9 +245,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
 
 
 def load_model_config(config: TrainConfig) -> ModelConfig:
-    """The model configuration the run trains; a bad file or override is a ``ConfigError`` naming it."""
+    """The model configuration the run trains (``actors.model.config.read_model_config`` with the run's
+    ``storage_options``); a bad file or override is a ``ConfigError`` naming it."""
     try:
-        return load_config(ModelConfig, config.model_config, config.model_overrides)
+        return read_model_config(config.model_config, config.model_overrides, config.storage_options)
     except ConfigError as exc:
         raise ConfigError(f"model_config / model_overrides: {exc}") from None
 

@@ -25,11 +25,19 @@ Sample contents (MomentSeg 3.2.1, Eq. 4-5):
   happens to be absent keep their empty masks as targets.
 - TSG: a query, L low-resolution frames and per-frame labels for the ``[FIND]`` loss: frame i is inside
   the moment when its centre time ``(i + 0.5) / fps`` lies in ``[start, end]``; every frame is in Omega.
+  With ``data.refvos_find`` a RefVOS sample carries ``[FIND]`` labels too: low-res frame i is positive when
+  the target is visible in it.
 - Frames are resized to the configured (h, w) / (H, W) without keeping the aspect ratio (the MLLM's
   processor and SAM2 resize to their own grids anyway; masks are resized the same way, nearest).
 - L uniform indices are the centres of L equal segments, ``floor((j + 0.5) T / L)``, repeating frames
   when the video has fewer than L (fixed shapes for batching).
 - The prompt template variant (MomentSeg Table 16) is drawn per sample.
+- SAM2 tracking clips (``objective: sam2_tracking``; SAM2's own video training samples): items are the
+  sources' annotated *objects* (every track of every video, whatever expressions name it), since SAM2
+  tracks one object per prompt. A clip is ``clip_frames`` consecutive frames starting at a frame where
+  the object is visible, drawn uniformly among those with a full clip after them (else the clip is clipped
+  to the video's end); the prompt goes on the clip's first frame, of a kind drawn from ``clip_prompts``.
+  The object may leave during the clip: its empty masks teach the object-score head.
 """
 
 from __future__ import annotations
@@ -112,7 +120,13 @@ def _check_videos(name: str, source: SourceConfig, video_ids: Sequence[str]) -> 
         raise ConfigError(f"{key}: {len(missing)} videos do not exist, e.g. {shown}")
 
 
-def _read_source(name: str, source: SourceConfig) -> SourceCatalog:
+def _object_items(videos: Mapping[str, VideoRecord]) -> list[RefVOSItem | TSGItem]:
+    """One item per annotated object track (SAM2 tracking clips), as a single-object expression."""
+    return [RefVOSItem(vid, Expression(expr_id=f"object {obj}", text=f"object {obj}", obj_ids=(obj,)))
+            for vid, video in videos.items() for obj in sorted(video.tracks)]
+
+
+def _read_source(name: str, source: SourceConfig, objective: str) -> SourceCatalog:
     _require_exists(source.uri, source.storage_options, f"sources.{name}.uri")
     dataset: Dataset = read_dataset(source.format, source.uri, source.storage_options, source.split)
     if source.task == "tsg":
@@ -121,7 +135,8 @@ def _read_source(name: str, source: SourceConfig) -> SourceCatalog:
         videos: dict[str, VideoRecord] = {}
     else:
         videos = {vid: v for vid, v in dataset.videos.items() if v.tracks}
-        items = [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions if e.obj_ids]
+        items = (_object_items(videos) if objective == "sam2_tracking" else
+                 [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions if e.obj_ids])
         video_ids = [item.video_id for item in items]
         for video_id in sorted(set(video_ids)):
             if source.videos_uri is None and videos[video_id].frames_uri is None:
@@ -136,7 +151,7 @@ def _read_source(name: str, source: SourceConfig) -> SourceCatalog:
 
 def read_catalog(config: TrainConfig) -> Catalog:
     """Open every source of ``config`` (driver side); errors name the config key and the path."""
-    sources = [_read_source(name, source) for name, source in config.sources.items()]
+    sources = [_read_source(name, source, config.objective) for name, source in config.sources.items()]
     weights = np.array([s.config.weight for s in sources], dtype=np.float64)
     return Catalog(sources, weights / weights.sum())
 
@@ -158,6 +173,18 @@ def keyframe_window(present: np.ndarray, count: int, rng: np.random.Generator) -
     anchor = int(rng.choice(frames))
     start = anchor - int(rng.integers(count))
     start = min(max(start, 0), max(len(present) - count, 0))
+    return np.minimum(np.arange(start, start + count), len(present) - 1)
+
+
+def clip_window(present: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` consecutive frame indices starting at a frame where ``present`` (T,) is true: a start with
+    ``count`` frames after it when there is one, else the last visible start with the clip clipped to the
+    video (frames repeat at the end)."""
+    frames = np.flatnonzero(present)
+    if frames.size == 0:
+        raise ValueError("the target is never present")
+    full = frames[frames <= len(present) - count]
+    start = int(rng.choice(full)) if full.size else int(frames[-1])
     return np.minimum(np.arange(start, start + count), len(present) - 1)
 
 
@@ -224,10 +251,12 @@ class SampleBuilder:
     ``setup`` is the constructor (fetches the catalog once per actor); ``__call__`` builds one row.
     """
 
-    def __init__(self, catalog_refs: list[ray.ObjectRef], data: SampleConfig, seed: int) -> None:
+    def __init__(self, catalog_refs: list[ray.ObjectRef], data: SampleConfig, seed: int,
+                 objective: str = "joint") -> None:
         self.catalog: Catalog = ray.get(catalog_refs[0])
         self.data = data
         self.seed = seed
+        self.objective = objective
         self._presence: dict[tuple[int, int], np.ndarray] = {}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +272,8 @@ class SampleBuilder:
             if isinstance(item, TSGItem):
                 return self._tsg(index, source, item, template)
             present = self._present(source_index, item_index, source, item)
+            if present.any() and self.objective == "sam2_tracking":
+                return self._clip(index, source, item, present, rng)
             if present.any():
                 return self._refvos(index, source, item, present, template, rng)
         raise RuntimeError(f"sample {index}: no item with a visible target in {MAX_DRAWS} draws")
@@ -270,6 +301,7 @@ class SampleBuilder:
             "key_frames": np.zeros((data.key_frames, hh, ww, 3), np.uint8),
             "masks": np.zeros((data.key_frames, hh, ww), np.uint8),
             "frame_labels": np.zeros(data.lowres_frames, np.uint8),
+            "find": task == "tsg",
         }
 
     def _tsg(self, index: int, source: SourceCatalog, item: TSGItem, template: int) -> dict[str, Any]:
@@ -294,18 +326,42 @@ class SampleBuilder:
             if frames.num_frames != record.num_frames:
                 raise ValueError(f"{source.name} video {item.video_id!r}: the video has {frames.num_frames} frames, "
                                  f"the annotations {record.num_frames}")
-            out["lowres"] = frames.get(lowres_indices(record.num_frames, self.data.lowres_frames),
-                                       tuple(self.data.lowres_size))
+            indices = lowres_indices(record.num_frames, self.data.lowres_frames)
+            out["lowres"] = frames.get(indices, tuple(self.data.lowres_size))
             out["key_frames"] = frames.get(window, tuple(self.data.keyframe_size))
         finally:
             frames.close()
         masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
         out["masks"] = _resize(masks, self.data.keyframe_size, Image.NEAREST)
+        if self.data.refvos_find:
+            out["frame_labels"], out["find"] = present[indices].astype(np.uint8), True
         return out
 
 
+    def _clip(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray,
+              rng: np.random.Generator) -> dict[str, Any]:
+        record = source.videos[item.video_id]
+        window = clip_window(present, self.data.clip_frames, rng)
+        kinds = sorted(self.data.clip_prompts)
+        weights = np.array([self.data.clip_prompts[k] for k in kinds], dtype=np.float64)
+        prompt = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        frames = self._frames(source, item.video_id)
+        try:
+            if frames.num_frames != record.num_frames:
+                raise ValueError(f"{source.name} video {item.video_id!r}: the video has {frames.num_frames} frames, "
+                                 f"the annotations {record.num_frames}")
+            clip = frames.get(window, tuple(self.data.clip_size))
+        finally:
+            frames.close()
+        masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
+        return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
+                "expression": item.expression.text, "template": 0, "clip_frames": clip,
+                "clip_masks": _resize(masks, self.data.clip_size, Image.NEAREST), "prompt": prompt}
+
+
 # ------------------------------------------------------------------------------------------ dataset
-def sample_dataset(catalog: Catalog, data: SampleConfig, seed: int, start: int, count: int) -> ray.data.Dataset:
+def sample_dataset(catalog: Catalog, data: SampleConfig, seed: int, start: int, count: int,
+                   objective: str = "joint") -> ray.data.Dataset:
     """Samples ``start .. start + count - 1`` as a Ray Data dataset built by ``data.decode_actors`` actors."""
     if count < 1:
         raise ValueError(f"sample count must be >= 1, got {count}")
@@ -313,7 +369,8 @@ def sample_dataset(catalog: Catalog, data: SampleConfig, seed: int, start: int, 
     blocks = [pa.table({"index": chunk}) for chunk in np.array_split(indices, -(-count // data.rows_per_block))]
     return ray.data.from_arrow(blocks).map(
         SampleBuilder,
-        fn_constructor_kwargs={"catalog_refs": [ray.put(catalog)], "data": data, "seed": seed},
+        fn_constructor_kwargs={"catalog_refs": [ray.put(catalog)], "data": data, "seed": seed,
+                               "objective": objective},
         compute=ray.data.ActorPoolStrategy(size=data.decode_actors),
         num_cpus=data.cpus_per_actor,
     )

@@ -102,9 +102,11 @@ def label_cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def engine_masks_of(videos: list[tuple[str, Path, list[dict[str, str]]]]) -> dict[tuple[str, str], list[str]]:
+def engine_masks_of(videos: list[tuple[str, Path, list[dict[str, str]]]],
+                    network: Any = None) -> dict[tuple[str, str], list[str]]:  # noqa: ANN401 - a SegModel
     """``engine_masks`` for other videos: ``(video_id, local path, [{expr_id, text}, ...])`` each, labeled by
-    ``VideoLabeler`` in this process (the reference for videos outside the corpus)."""
+    ``VideoLabeler`` in this process (the reference for videos outside the corpus), with ``network`` (default:
+    the labeling config's model)."""
     import torch
 
     from actors.decode import VideoDecoder
@@ -114,7 +116,7 @@ def engine_masks_of(videos: list[tuple[str, Path, list[dict[str, str]]]]) -> dic
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     config, model = load_label_config(LABEL_CONFIG)
-    network = load_inference_model(model)
+    network = load_inference_model(model) if network is None else network
     labeler = VideoLabeler(network.mllm, network.sam2, config.engine)
     out = {}
     for video_id, path, expressions in videos:

@@ -21,10 +21,10 @@ from actors.model.checkpoints import (
     load_trainable,
     save_trainable,
 )
-from actors.model.config import ModelConfig
+from actors.model.config import ModelConfig, ScratchConfig
 from actors.model.sam2_bridge import CheckpointError
+from actors.model.scratch_backbone import build_scratch_backbone
 from actors.model.segmllm import SegModel
-from actors.model.tiny_factory import build_tiny_processor, build_tiny_qwen
 
 TINY_YAML = "configs/model/tiny.yaml"
 EXPRESSIONS = ["red circle", "the dog on the left"]
@@ -88,25 +88,63 @@ def test_round_trip_through_s3(trained, s3):
 
 def test_save_and_load_trainable_restores_a_fresh_training_model(trained, tmp_path: Path):
     model, config = trained
-    save_trainable(model, str(tmp_path / "ckpt"))
+    save_trainable(model, str(tmp_path / "ckpt"), ("adapter", "heads", "sam2_decoder"))
     fresh = build_model(config)
     fresh.enable_training()
-    load_trainable(fresh, str(tmp_path / "ckpt"))
+    load_trainable(fresh, str(tmp_path / "ckpt"), ("adapter", "heads", "sam2_decoder"))
     _assert_identical(_outputs(model), _outputs(fresh.eval()))
+
+
+def _perturbed(model: SegModel, seed: int) -> SegModel:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("parts", [("mllm", "heads", "sam2_decoder"), ("sam2",)])
+def test_full_parameter_and_sam2_parts_restore_a_fresh_model(parts, tmp_path: Path):
+    """Full-parameter training saves the whole backbone, SAM2 tracking training the whole SAM2: a fresh model
+    restored from them computes what the trained one does, and differs from it before restoring."""
+    config = load_config(ModelConfig, TINY_YAML)
+    model = build_model(config)
+    if parts == ("sam2",):
+        model.requires_grad_(False)
+        model.sam2.requires_grad_(True)
+    else:
+        model.enable_training("full")
+        assert all(p.requires_grad for p in model.mllm.hf_model.model.visual.parameters())
+    _perturbed(model, 3)
+    save_trainable(model, str(tmp_path / "ckpt"), parts)
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {f"{part}.safetensors" for part in parts}
+    fresh = build_model(config).eval()
+    assert not torch.equal(_outputs(model)[-1], _outputs(fresh)[-1])
+    load_trainable(fresh, str(tmp_path / "ckpt"), parts)
+    _assert_identical(_outputs(model), _outputs(fresh))
+
+
+def test_full_parameter_export_has_no_adapter_and_loads_the_trained_backbone(tmp_path: Path):
+    config = load_config(ModelConfig, TINY_YAML)
+    model = build_model(config)
+    model.enable_training("full")
+    _perturbed(model, 4)
+    export_model(model, config, str(tmp_path / "export"))
+    assert not (tmp_path / "export" / "adapter").exists()
+    _assert_identical(_outputs(model), _outputs(load_exported(str(tmp_path / "export"))))
 
 
 def _sa2va_directory(root: Path, misspell: bool = False) -> tuple[Path, Path, dict[str, torch.Tensor]]:
     """A tiny Qwen2.5-VL backbone directory and a synthetic Sa2VA directory with Sa2VA's key names
     (transformers < 4.52 layout of the LLM, SAM2 layer-scale as ``g_weight``, ``text_hidden_fcs``)."""
     config = load_config(ModelConfig, TINY_YAML)
-    processor = build_tiny_processor()
-    backbone = build_tiny_qwen(processor)
+    backbone, processor = build_scratch_backbone(ScratchConfig())
     backbone.save_pretrained(root / "backbone")
     processor.save_pretrained(root / "backbone")
     tokenizer = processor.tokenizer
     tokenizer.add_special_tokens({"additional_special_tokens": ["[SEG]"]}, replace_extra_special_tokens=False)
-    torch.manual_seed(7)
-    sa2va = build_tiny_qwen(processor)
+    sa2va, _ = build_scratch_backbone(ScratchConfig())
     sa2va.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     state: dict[str, torch.Tensor] = {}
     for key, value in sa2va.state_dict().items():

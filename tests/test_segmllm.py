@@ -11,10 +11,10 @@ from peft import PeftModel
 
 from actors.config import load_config
 from actors.model.checkpoints import build_model
-from actors.model.config import DecoupleConfig, ModelConfig, TDAConfig
+from actors.model.config import DecoupleConfig, ModelConfig, ScratchConfig, TDAConfig
 from actors.model.prompts import ADDED_TOKENS, find_conversation
+from actors.model.scratch_backbone import build_scratch_backbone, build_tokenizer
 from actors.model.segmllm import SegMLLM, TrainSample
-from actors.model.tiny_factory import build_tiny_processor, build_tiny_qwen, build_tiny_tokenizer
 
 TINY_YAML = "configs/model/tiny.yaml"
 EXPRESSIONS = ["red circle", "the blue square moving left", "dog", "a small green triangle that stops"]
@@ -28,8 +28,8 @@ def _threads():
 def _mllm(**mllm_overrides: object) -> SegMLLM:
     config = load_config(ModelConfig, TINY_YAML).mllm
     config = dataclasses.replace(config, **mllm_overrides)
-    processor = build_tiny_processor()
-    return SegMLLM(build_tiny_qwen(processor), processor, config, prompt_dim=64).eval()
+    qwen, processor = build_scratch_backbone(ScratchConfig())
+    return SegMLLM(qwen, processor, config, prompt_dim=64).eval()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _frames(count: int, size: int, seed: int) -> np.ndarray:
 
 
 def test_tiny_tokenizer_is_deterministic_and_has_qwen_tokens():
-    a, b = build_tiny_tokenizer(), build_tiny_tokenizer()
+    a, b = build_tokenizer(), build_tokenizer()
     assert a.get_vocab() == b.get_vocab()
     for token in ("<|im_start|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>"):
         assert token in a.get_vocab()
@@ -153,6 +153,27 @@ def test_gradients_reach_exactly_the_trainable_parts():
     assert delta.shape[0] == len(ADDED_TOKENS)
     assert all(not n.startswith("sam2.") or ".sam_mask_decoder." in n for n in trainable)
     assert not any(".visual." in n or "base_layer" in n for n in trainable)
+
+
+def test_full_mode_trains_the_whole_mllm_and_a_loaded_adapter_trains_on(tmp_path):
+    model = build_model(load_config(ModelConfig, TINY_YAML))
+    model.enable_training("full")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {f"mllm.{n}" for n, _ in model.mllm.named_parameters()} <= trainable
+    assert all(not n.startswith("sam2.") or ".sam_mask_decoder." in n for n in trainable)
+    model.forward_train(_samples())["loss"].backward()
+    assert all(p.grad is not None for n, p in model.mllm.hf_model.model.visual.named_parameters())
+
+    lora = build_model(load_config(ModelConfig, TINY_YAML))
+    lora.enable_training()
+    lora.mllm.qwen.save_pretrained(str(tmp_path / "adapter"), save_embedding_layers=False)
+    loaded = build_model(load_config(ModelConfig, TINY_YAML, [f"mllm.adapter_uri={tmp_path / 'adapter'}"]))
+    assert not any(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)  # inference: frozen
+    loaded.enable_training()
+    names = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert {n for n, p in lora.named_parameters() if p.requires_grad} == names
+    with pytest.raises(ValueError, match="LoRA adapter attached"):
+        loaded.enable_training("full")
 
 
 def test_decoupled_training_parts():

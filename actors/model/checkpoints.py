@@ -14,11 +14,12 @@ Exported model directory (``export_model``), openable by transformers and peft::
 
     backbone/            Qwen2.5-VL (config.json, model.safetensors, tokenizer + processor files; vocabulary
                          already holds the added tokens; base weights, no LoRA merged in)
-    adapter/             PEFT adapter (LoRA + the added token rows), ``PeftModel.from_pretrained(backbone, adapter)``
+    adapter/             PEFT adapter (LoRA + the added token rows), ``PeftModel.from_pretrained(backbone, adapter)``;
+                         absent after full-parameter training (the backbone holds the trained weights)
     heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``decoupler.*``)
     sam2.safetensors     the whole SAM2 (package key names)
-    sam2_decoder.safetensors   the fine-tuned mask decoder (``sam_mask_decoder.*``)
-    model.yaml           the ModelConfig, weight locations relative to the directory
+    model.yaml           the ModelConfig, weight locations relative to the directory (``read_model_config``
+                         resolves them, for ``load_exported`` and for ``model.config=.../model.yaml``)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,11 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from actors.config import load_config, to_plain
-from actors.model.config import TINY_BACKBONE, ModelConfig
-from actors.model.sam2_bridge import CheckpointError, build_sam2, read_state_dict, save_weights
+from actors.config import to_plain
+from actors.model.config import SCRATCH_BACKBONE, TINY_BACKBONE, ModelConfig, ScratchConfig, read_model_config
+from actors.model.sam2_bridge import CheckpointError, build_sam2, read_state_dict
+from actors.model.scratch_backbone import build_scratch_backbone
 from actors.model.segmllm import SegMLLM, SegModel
-from actors.model.tiny_factory import build_tiny_processor, build_tiny_qwen
 from actors.uri import filesystem_for, join, protocol_of
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,6 +60,7 @@ HEADS_FILE = "heads.safetensors"
 SAM2_FILE = "sam2.safetensors"
 SAM2_DECODER_FILE = "sam2_decoder.safetensors"
 SAM2_DECODER_PREFIX = "sam_mask_decoder."
+MLLM_FILE = "mllm.safetensors"
 MODEL_YAML = "model.yaml"
 
 
@@ -143,15 +145,18 @@ def load_backbone(
     dtype: str = "float32",
     storage_options: Mapping[str, Any] | None = None,
     with_weights: bool = True,
+    scratch: ScratchConfig | None = None,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Qwen2.5-VL and its processor from ``"tiny"`` or a Hugging Face directory (local or fsspec URI).
+    """Qwen2.5-VL and its processor from ``"tiny"``, ``"scratch"`` (sized by ``scratch``) or a Hugging Face
+    directory (local or fsspec URI).
 
     ``with_weights=False`` builds the architecture from config.json only (the weights come from elsewhere,
     e.g. a Sa2VA checkpoint).
     """
-    if uri == TINY_BACKBONE:
-        processor = build_tiny_processor()
-        return build_tiny_qwen(processor).to(_DTYPES[dtype]), processor
+    if uri in (TINY_BACKBONE, SCRATCH_BACKBONE):
+        sizes = scratch if uri == SCRATCH_BACKBONE and scratch is not None else ScratchConfig()
+        model, processor = build_scratch_backbone(sizes)
+        return model.to(_DTYPES[dtype]), processor
     with local_directory(uri, storage_options) as directory:
         _refuse_remote_code(directory, uri)
         if with_weights:
@@ -248,7 +253,7 @@ def load_sa2va(
     embed = parts.qwen.get("model.language_model.embed_tokens.weight")
     if embed is not None and embed.shape[0] != qwen.get_input_embeddings().weight.shape[0]:
         qwen.resize_token_embeddings(embed.shape[0], mean_resizing=False)
-    tied = frozenset({"lm_head.weight"}) if qwen.config.tie_word_embeddings else frozenset()
+    tied = _tied_keys(qwen)
     _load_exact(qwen, parts.qwen, f"{uri} (model.*)", optional=tied)
     _load_exact(sam2, parts.sam2, f"{uri} (grounding_encoder.sam2_model.*)")
     return parts.seg_proj, tokenizer
@@ -273,9 +278,10 @@ def build_model(config: ModelConfig) -> SegModel:
 def _build_model(config: ModelConfig) -> SegModel:
     mllm_config, options = config.mllm, config.mllm.storage_options
     qwen, processor = load_backbone(
-        mllm_config.backbone, mllm_config.dtype, options, with_weights=mllm_config.sa2va_uri is None
+        mllm_config.backbone, mllm_config.dtype, options, with_weights=mllm_config.sa2va_uri is None,
+        scratch=mllm_config.scratch,
     )
-    sam2 = build_sam2(config.sam2)
+    sam2 = build_sam2(config.sam2, options)
     seg_proj_state = None
     if mllm_config.sa2va_uri is not None:
         seg_proj_state, processor.tokenizer = load_sa2va(mllm_config.sa2va_uri, qwen, sam2.sam, options)
@@ -313,24 +319,9 @@ def load_exported(
 def exported_config(
     uri: str, storage_options: Mapping[str, Any] | None = None, overrides: list[str] | None = None
 ) -> ModelConfig:
-    """The ``ModelConfig`` of an exported directory, its weight locations resolved against ``uri``."""
-    fs, path = filesystem_for(join(uri, MODEL_YAML), storage_options)
-    if not fs.isfile(path):
-        raise CheckpointError(f"{uri}: no {MODEL_YAML} (not a directory written by export_model)")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / MODEL_YAML
-        fs.get_file(path, str(local))
-        config = load_config(ModelConfig, local, list(overrides or []))
-    mllm = config.mllm
-    mllm.storage_options = dict(storage_options or mllm.storage_options)
-    mllm.backbone, mllm.adapter_uri, mllm.heads_uri = (
-        join(uri, "backbone"),
-        join(uri, "adapter"),
-        join(uri, HEADS_FILE),
-    )
-    config.sam2.checkpoint = join(uri, SAM2_FILE)
-    config.sam2_decoder_uri = join(uri, SAM2_DECODER_FILE)
-    return config
+    """The ``ModelConfig`` of an exported directory: its ``model.yaml`` read by ``read_model_config``, which
+    resolves the relative weight locations written there against ``uri``."""
+    return read_model_config(join(uri, MODEL_YAML), overrides or [], storage_options)
 
 
 # ---------------------------------------------------------------------------------------- save
@@ -338,27 +329,72 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], file: Path) -> None:
     safetensors.torch.save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file))
 
 
-def save_trainable(model: SegModel, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """The trained parts (training checkpoints): ``adapter/``, ``heads.safetensors``, ``sam2_decoder.safetensors``."""
-    if not isinstance(model.mllm.qwen, PeftModel):
+TRAINED_PARTS = ("adapter", "heads", "sam2_decoder", "mllm", "sam2")
+_PART_FILES = {
+    "adapter": ("adapter/adapter_config.json", "adapter/adapter_model.safetensors"),
+    "heads": (HEADS_FILE,),
+    "sam2_decoder": (SAM2_DECODER_FILE,),
+    "mllm": (MLLM_FILE,),
+    "sam2": (SAM2_FILE,),
+}
+
+
+def trained_files(parts: Sequence[str]) -> frozenset[str]:
+    """The files ``save_trainable`` writes for ``parts`` (relative to its directory)."""
+    unknown = sorted(set(parts) - set(TRAINED_PARTS))
+    if unknown:
+        raise ValueError(f"unknown trained parts {unknown}; known: {list(TRAINED_PARTS)}")
+    return frozenset(f for part in parts for f in _PART_FILES[part])
+
+
+def save_trainable(
+    model: SegModel, uri: str, parts: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """The trained ``parts`` (training checkpoints): ``adapter`` (PEFT: LoRA + new token rows), ``heads``,
+    ``sam2_decoder`` (SAM2's mask decoder), ``mllm`` (the whole Qwen2.5-VL, full-parameter training),
+    ``sam2`` (the whole SAM2, tracking training)."""
+    trained_files(parts)
+    if "adapter" in parts and not isinstance(model.mllm.qwen, PeftModel):
         raise ValueError("model has no PEFT adapter to save (call enable_training or load an adapter first)")
     with _writable_directory(uri, storage_options) as directory:
-        model.mllm.qwen.save_pretrained(str(directory / "adapter"), save_embedding_layers=False)
-        _save_tensors(model.mllm.heads().state_dict(), directory / HEADS_FILE)
-        decoder = model.sam2.sam.sam_mask_decoder.state_dict()
-        _save_tensors({SAM2_DECODER_PREFIX + k: v for k, v in decoder.items()}, directory / SAM2_DECODER_FILE)
+        if "adapter" in parts:
+            model.mllm.qwen.save_pretrained(str(directory / "adapter"), save_embedding_layers=False)
+        if "heads" in parts:
+            _save_tensors(model.mllm.heads().state_dict(), directory / HEADS_FILE)
+        if "sam2_decoder" in parts:
+            decoder = model.sam2.sam.sam_mask_decoder.state_dict()
+            _save_tensors({SAM2_DECODER_PREFIX + k: v for k, v in decoder.items()}, directory / SAM2_DECODER_FILE)
+        if "mllm" in parts:
+            _save_tensors(_base_state_dict(model.mllm), directory / MLLM_FILE)
+        if "sam2" in parts:
+            _save_tensors(model.sam2.sam.state_dict(), directory / SAM2_FILE)
 
 
-def load_trainable(model: SegModel, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Restore what ``save_trainable`` wrote into a model built from the same config (resume)."""
-    if not isinstance(model.mllm.qwen, PeftModel):
+def load_trainable(
+    model: SegModel, uri: str, parts: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Restore what ``save_trainable`` wrote for ``parts`` into a model built from the same config (resume)."""
+    trained_files(parts)
+    if "adapter" in parts and not isinstance(model.mllm.qwen, PeftModel):
         raise ValueError("model has no PEFT adapter to load into (call enable_training first)")
     with local_directory(uri, storage_options) as directory:
-        result = set_peft_model_state_dict(model.mllm.qwen, load_peft_weights(str(directory / "adapter")))
-        if result.unexpected_keys:
-            raise CheckpointError(f"{uri}/adapter: unexpected keys {sorted(result.unexpected_keys)}")
-        _load_exact(model.mllm.heads(), read_tensors(str(directory / HEADS_FILE)), f"{uri}/{HEADS_FILE}")
-        load_sam2_decoder(model.sam2.sam, str(directory / SAM2_DECODER_FILE))
+        if "adapter" in parts:
+            result = set_peft_model_state_dict(model.mllm.qwen, load_peft_weights(str(directory / "adapter")))
+            if result.unexpected_keys:
+                raise CheckpointError(f"{uri}/adapter: unexpected keys {sorted(result.unexpected_keys)}")
+        if "heads" in parts:
+            _load_exact(model.mllm.heads(), read_tensors(str(directory / HEADS_FILE)), f"{uri}/{HEADS_FILE}")
+        if "sam2_decoder" in parts:
+            load_sam2_decoder(model.sam2.sam, str(directory / SAM2_DECODER_FILE))
+        if "mllm" in parts:
+            _load_exact(model.mllm.hf_model, read_tensors(str(directory / MLLM_FILE)), f"{uri}/{MLLM_FILE}",
+                        optional=_tied_keys(model.mllm.hf_model))
+        if "sam2" in parts:
+            _load_exact(model.sam2.sam, read_tensors(str(directory / SAM2_FILE)), f"{uri}/{SAM2_FILE}")
+
+
+def _tied_keys(qwen: Qwen2_5_VLForConditionalGeneration) -> frozenset[str]:
+    return frozenset({"lm_head.weight"}) if qwen.config.tie_word_embeddings else frozenset()
 
 
 def _base_state_dict(mllm: SegMLLM) -> dict[str, torch.Tensor]:
@@ -374,23 +410,25 @@ def _base_state_dict(mllm: SegMLLM) -> dict[str, torch.Tensor]:
 def export_model(
     model: SegModel, config: ModelConfig, uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    """Write the model directory described in the module docstring (the inverse of ``load_exported``)."""
-    save_trainable(model, uri, storage_options)
+    """Write the model directory described in the module docstring (the inverse of ``load_exported``): the
+    backbone's own weights (trained ones after full-parameter training), the PEFT adapter when there is
+    one, the heads and the whole SAM2 as it is now (its trained mask decoder included)."""
+    peft = isinstance(model.mllm.qwen, PeftModel)
+    save_trainable(model, uri, ("adapter", "heads", "sam2") if peft else ("heads", "sam2"), storage_options)
     with _writable_directory(uri, storage_options) as directory:
         backbone = directory / "backbone"
         model.mllm.hf_model.save_pretrained(
             str(backbone), state_dict=_base_state_dict(model.mllm), safe_serialization=True
         )
         model.mllm.processor.save_pretrained(str(backbone))
-        save_weights(model.sam2.sam, str(directory / SAM2_FILE))
         plain = to_plain(config)
         plain["mllm"].update(
             backbone="backbone",
             sa2va_uri=None,
-            adapter_uri="adapter",
+            adapter_uri="adapter" if peft else None,
             heads_uri=HEADS_FILE,
             storage_options={},
         )
         plain["sam2"]["checkpoint"] = SAM2_FILE
-        plain["sam2_decoder_uri"] = SAM2_DECODER_FILE
+        plain["sam2_decoder_uri"] = None
         OmegaConf.save(OmegaConf.create(plain), directory / MODEL_YAML)

@@ -1,21 +1,38 @@
 """``ModelConfig``: the schema of ``configs/model/*.yaml`` (the MLLM, the SAM2 side, the loss weights).
 
 Weight locations are fsspec URIs (plain path, ``file://``, ``s3://``); ``"tiny"`` as the backbone builds
-the tiny Qwen2.5-VL of ``tiny_factory``. Load with ``actors.config.load_config(ModelConfig, path, overrides)``:
-unknown keys and bad values fail there, before any weights are read.
+the tiny Qwen2.5-VL and ``"scratch"`` the one sized by ``mllm.scratch``, both with seeded random weights
+(``actors.model.scratch_backbone``). Load a model YAML with ``read_model_config(uri, overrides,
+storage_options)``: the file may live at any fsspec URI, and relative weight locations written in it are
+resolved against its directory (an exported ``model.yaml`` names its weights that way); unknown keys and
+bad values fail there, before any weights are read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from actors.config import ConfigError, load_config, read_yaml
 from actors.model.losses import LossConfig
 from actors.model.sam2_bridge import Sam2Config
+from actors.uri import filesystem_for, is_relative, join, parent
 
 TINY_BACKBONE = "tiny"
+SCRATCH_BACKBONE = "scratch"
+BUILT_BACKBONES = (TINY_BACKBONE, SCRATCH_BACKBONE)
+WEIGHT_LOCATIONS = (
+    "mllm.backbone",
+    "mllm.sa2va_uri",
+    "mllm.adapter_uri",
+    "mllm.heads_uri",
+    "sam2.checkpoint",
+    "sam2_decoder_uri",
+)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -40,6 +57,47 @@ class LoraConfigSection:
 
 
 @dataclass
+class ScratchConfig:
+    """A Qwen2.5-VL built from a config with seeded random weights (``mllm.backbone: scratch``; the defaults
+    are the tiny model's sizes, which ``backbone: tiny`` always uses).
+
+    ``vocabulary``: ``tiny`` or ``procedural`` (``actors.model.scratch_backbone``). LLM: ``hidden_size``,
+    ``intermediate_size``, ``num_layers``, ``num_heads`` / ``num_kv_heads`` (grouped-query attention). Vision
+    tower: ``vision_*`` sizes, ``patch_size``, ``merge_size`` (2x2 patches -> one LLM token),
+    ``temporal_patch_size``. ``seed``: the initialisation.
+    """
+
+    vocabulary: str = "tiny"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_depth: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_heads: int = 2
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.vocabulary not in ("tiny", "procedural"):
+            raise ValueError(f"mllm.scratch.vocabulary must be 'tiny' or 'procedural', got '{self.vocabulary}'")
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "vision_depth",
+                     "vision_hidden_size", "vision_intermediate_size", "vision_heads", "patch_size", "merge_size",
+                     "temporal_patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"mllm.scratch.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("mllm.scratch: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        if (self.hidden_size // self.num_heads) % 4 or self.vision_hidden_size % self.vision_heads:
+            raise ValueError("mllm.scratch: the LLM head size must divide by 4 (mRoPE), vision_hidden_size by "
+                             "vision_heads")
+
+
+@dataclass
 class TDAConfig:
     """VRS-HQ temporal dynamic aggregation of per-frame ``<SEG>`` into ``<TAK>`` (Eq. 2)."""
 
@@ -60,7 +118,7 @@ class DecoupleConfig:
 class MLLMConfig:
     """The Qwen2.5-VL side.
 
-    backbone (required): ``"tiny"`` or the URI of a Hugging Face Qwen2.5-VL directory (config, safetensors, tokenizer,
+    backbone (required): ``"tiny"``, ``"scratch"`` (built from ``scratch``) or the URI of a Hugging Face Qwen2.5-VL directory (config, safetensors, tokenizer,
         processor files).
     sa2va_uri: a Sa2VA-Qwen2.5-VL checkpoint directory mapped key by key onto the backbone, SAM2 and the
         ``[SEG]`` projection (its tokenizer, carrying ``[SEG]``, replaces the backbone's).
@@ -69,6 +127,7 @@ class MLLMConfig:
     image_max_tokens: LLM tokens per high-res key frame.
     video_fps: frame rate of the low-res frames handed in, for Qwen2.5-VL's temporal position ids.
     suffix_batch: expressions run together on one shared prefix.
+    scratch: the sizes of a ``"scratch"`` backbone.
     """
 
     backbone: str = MISSING
@@ -85,6 +144,7 @@ class MLLMConfig:
     suffix_batch: int = 16
     gradient_checkpointing: bool = False
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
     tda: TDAConfig = field(default_factory=TDAConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
 
@@ -111,13 +171,64 @@ class ModelConfig:
     sam2_decoder_uri: str | None = None
     losses: LossConfig = field(default_factory=LossConfig)
 
+    def weight_locations(self) -> list[str]:
+        """The weight locations that are set (``WEIGHT_LOCATIONS`` order; the backbone even if built)."""
+        return [value for value in attrgetter(*WEIGHT_LOCATIONS)(self) if value is not None]
+
     def __post_init__(self) -> None:
         if (
-            self.mllm.backbone != TINY_BACKBONE
+            self.mllm.backbone not in BUILT_BACKBONES
             and self.mllm.sa2va_uri is None
             and self.sam2.checkpoint is None
         ):
             raise ValueError(
                 "sam2.checkpoint is not set: a real backbone needs real SAM2 weights "
-                "(randomly initialised SAM2 is for the tiny model only)"
+                "(randomly initialised SAM2 is for models built from scratch only)"
             )
+
+
+def _relative_location(key: str, value: Any) -> bool:  # noqa: ANN401 - any YAML value
+    """Whether ``value`` written at ``key`` is a weight location to resolve against the file's directory."""
+    if not isinstance(value, str) or value == MISSING or "${" in value:
+        return False  # not set, "???" (required), or an interpolation resolved after the merge
+    return is_relative(value) and not (key == "mllm.backbone" and value in BUILT_BACKBONES)
+
+
+def read_model_config(
+    uri: str, overrides: Sequence[str] = (), storage_options: Mapping[str, Any] | None = None
+) -> ModelConfig:
+    """The ``ModelConfig`` of the model YAML at ``uri`` (local path, ``file://``, ``s3://``, ...) with
+    ``overrides`` (``key=value``) on top.
+
+    Location rule: a weight location (``WEIGHT_LOCATIONS``) written in the file as a plain relative path
+    is resolved against the file's directory (``actors.uri.parent`` + ``actors.uri.join``; local
+    directories made absolute) and must exist. Absolute paths, URIs with a scheme, the built backbones
+    (``BUILT_BACKBONES``: ``"tiny"``, ``"scratch"``), ``???`` and ``${...}`` interpolations, and every
+    location given in ``overrides`` are kept as given (so a relative override is relative to the working directory).
+    ``storage_options`` (with the environment, as in ``actors.uri.filesystem_for``) read the file and
+    become ``mllm.storage_options`` (the weights' reads, and the existence checks) unless the file or an
+    override sets those. ``ConfigError`` names the file and, for a location, the key and where it
+    resolved to.
+    """
+    layer = OmegaConf.to_container(read_yaml(uri, storage_options))
+    resolved: dict[str, tuple[str, str]] = {}  # key -> (as written, resolved location)
+    for key in WEIGHT_LOCATIONS:
+        *sections, name = key.split(".")
+        section: Any = layer
+        for part in sections:
+            section = section.get(part) if isinstance(section, dict) else None
+        value = section.get(name) if isinstance(section, dict) else None
+        if _relative_location(key, value):
+            section[name] = join(parent(uri), value)
+            resolved[key] = (value, section[name])
+    config = load_config(ModelConfig, layer, overrides, source=uri)
+    if not config.mllm.storage_options:
+        config.mllm.storage_options = dict(storage_options or {})
+    for key, (value, location) in resolved.items():
+        if attrgetter(key)(config) != location:
+            continue  # an override replaced it
+        fs, path = filesystem_for(location, config.mllm.storage_options)
+        if not fs.exists(path):
+            raise ConfigError(f"{uri}: {key}: '{value}' (relative to the file's directory) is {location}, "
+                              "which does not exist")
+    return config

@@ -82,3 +82,171 @@ def weighted_total(parts: dict[str, torch.Tensor], config: LossConfig) -> torch.
     if total is None:
         raise ValueError("no loss terms to combine")
     return total
+
+
+@dataclass
+class TrackingLossConfig:
+    """SAM2's video objective: the settings of ``MultiStepMultiMasksAndIous`` (facebookresearch/sam2
+    ``training/loss_fns.py``) in SAM2.1's training config (``sam2/configs/sam2.1_training/*.yaml``).
+
+    - Weights ``weight_dict``: ``loss_mask`` (sigmoid focal) 20, ``loss_dice`` 1, ``loss_iou`` 1,
+      ``loss_class`` (object score) 1.
+    - Mask focal loss: the module's defaults ``focal_alpha=0.25``, ``focal_gamma=2`` (RetinaNet's values).
+    - Object-score loss: ``focal_alpha_obj_score=-1`` (no class weighting) and ``focal_gamma_obj_score=0``,
+      i.e. plain sigmoid cross-entropy on the decoder's object-score logit.
+    - IoU prediction: ``iou_use_l1_loss: true`` (L1 instead of MSE against the actual IoU) and
+      ``supervise_all_iou: true`` (the IoU loss is averaged over all candidates of a multimask output).
+    - With several candidate masks, focal and dice are taken from the candidate with the lowest
+      ``focal * 20 + dice * 1``; focal, dice and IoU losses are zero on frames where the object is absent
+      (the target mask is empty) and the object-score loss counts on every frame.
+
+    A negative alpha disables the class weighting, as in ``loss_fns.sigmoid_focal_loss``.
+    """
+
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    object: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    object_focal_alpha: float = -1.0
+    object_focal_gamma: float = 0.0
+    iou_use_l1_loss: bool = True
+    supervise_all_iou: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("focal", "dice", "iou", "object", "focal_gamma", "object_focal_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"tracking loss {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("focal_alpha", "object_focal_alpha"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"tracking loss {name} must be <= 1 (negative: no weighting), got {getattr(self, name)}")
+
+    def total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``focal * track_focal + dice * track_dice + iou * track_iou + object * track_object``."""
+        return (
+            self.focal * parts["track_focal"]
+            + self.dice * parts["track_dice"]
+            + self.iou * parts["track_iou"]
+            + self.object * parts["track_object"]
+        )
+
+
+def _focal_terms(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Element-wise RetinaNet focal loss (Lin et al. 2017): ``alpha_t (1 - p_t)^gamma CE(p, y)``; ``alpha < 0``
+    drops ``alpha_t`` and ``gamma = 0`` leaves the cross-entropy unmodulated."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma > 0:
+        prob = logits.sigmoid()
+        p_t = prob * targets + (1 - prob) * (1 - targets)
+        loss = loss * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def _check_multimask(mask_logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor) -> None:
+    if mask_logits.ndim != 4 or targets.shape != (mask_logits.shape[0], *mask_logits.shape[2:]):
+        raise ValueError(
+            f"mask_logits must be (N, M, H, W) and targets (N, H, W); got {tuple(mask_logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if present.shape != (mask_logits.shape[0],):
+        raise ValueError(f"present must be ({mask_logits.shape[0]},), got {tuple(present.shape)}")
+
+
+def sigmoid_focal_loss(
+    mask_logits: torch.Tensor,
+    targets: torch.Tensor,
+    present: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Per-candidate focal loss, mean over pixels (SAM2 ``sigmoid_focal_loss(loss_on_multimask=True)``), zero
+    where the object is absent. mask_logits (N, M, H, W), targets (N, H, W) in {0, 1}, present (N,) bool;
+    returns (N, M)."""
+    _check_multimask(mask_logits, targets, present)
+    expanded = targets[:, None].to(mask_logits.dtype).expand_as(mask_logits)
+    per_mask = _focal_terms(mask_logits, expanded, alpha, gamma).flatten(2).mean(-1)
+    return per_mask * present[:, None].to(per_mask.dtype)
+
+
+def multimask_dice_loss(mask_logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Per-candidate ``1 - (2 |P.G| + 1) / (|P| + |G| + 1)`` on sigmoid probabilities, zero where the object is
+    absent. SAM2's ``dice_loss`` writes the numerator as ``|P| + |G| - |P - G|_1``, which is ``2 |P.G|`` for
+    binary targets. mask_logits (N, M, H, W), targets (N, H, W), present (N,); returns (N, M)."""
+    _check_multimask(mask_logits, targets, present)
+    probs = mask_logits.sigmoid().flatten(2)
+    flat = targets.to(probs.dtype).flatten(1)[:, None]
+    dice = (2 * (probs * flat).sum(-1) + 1) / (probs.sum(-1) + flat.sum(-1) + 1)
+    return (1 - dice) * present[:, None].to(dice.dtype)
+
+
+def iou_prediction_loss(
+    mask_logits: torch.Tensor,
+    targets: torch.Tensor,
+    pred_ious: torch.Tensor,
+    present: torch.Tensor,
+    use_l1_loss: bool = True,
+) -> torch.Tensor:
+    """Per-candidate error of the decoder's IoU prediction against the actual IoU of the binarised candidate
+    (logits > 0) with the target (SAM2 ``iou_loss``): L1 or squared, zero where the object is absent. The
+    actual IoU is a target and carries no gradient. pred_ious (N, M); returns (N, M)."""
+    _check_multimask(mask_logits, targets, present)
+    if pred_ious.shape != mask_logits.shape[:2]:
+        raise ValueError(f"pred_ious must be {tuple(mask_logits.shape[:2])}, got {tuple(pred_ious.shape)}")
+    predicted = mask_logits.detach().flatten(2) > 0
+    truth = (targets > 0).flatten(1)[:, None]
+    union = (predicted | truth).sum(-1).clamp(min=1)
+    actual = (predicted & truth).sum(-1) / union
+    actual = actual.to(pred_ious.dtype)
+    if use_l1_loss:
+        loss = F.l1_loss(pred_ious, actual, reduction="none")
+    else:
+        loss = F.mse_loss(pred_ious, actual, reduction="none")
+    return loss * present[:, None].to(loss.dtype)
+
+
+def object_score_loss(
+    object_score_logits: torch.Tensor, present: torch.Tensor, alpha: float = -1.0, gamma: float = 0.0
+) -> torch.Tensor:
+    """Focal loss of SAM2's object-score logit (N, 1) or (N,) against presence (N,), on every frame, absent
+    ones included (SAM2 ``loss_class``; with SAM2.1's ``alpha=-1, gamma=0`` it is sigmoid cross-entropy).
+    Returns (N,)."""
+    logits = object_score_logits.reshape(-1)
+    if logits.shape != present.shape:
+        raise ValueError(
+            f"object_score_logits must be (N, 1) or (N,) for present {tuple(present.shape)}, "
+            f"got {tuple(object_score_logits.shape)}"
+        )
+    return _focal_terms(logits, present.to(logits.dtype), alpha, gamma)
+
+
+def tracking_losses(
+    mask_logits: torch.Tensor,
+    pred_ious: torch.Tensor,
+    object_score_logits: torch.Tensor,
+    targets: torch.Tensor,
+    config: TrackingLossConfig,
+) -> dict[str, torch.Tensor]:
+    """SAM2's loss for N objects on one frame (``MultiStepMultiMasksAndIous._update_losses``): each (N,).
+
+    mask_logits (N, M, H, W) are the decoder's M candidates, pred_ious (N, M) its IoU predictions,
+    object_score_logits (N, 1), targets (N, H, W) in {0, 1}; an object is present where its target has a
+    pixel. With M > 1, focal and dice come from the candidate with the lowest ``focal * config.focal + dice *
+    config.dice``; the IoU loss is averaged over all candidates (``supervise_all_iou``) or taken from that
+    one. Returns ``track_focal``, ``track_dice``, ``track_iou``, ``track_object``.
+    """
+    present = (targets > 0).flatten(1).any(-1)
+    focal = sigmoid_focal_loss(mask_logits, targets, present, config.focal_alpha, config.focal_gamma)
+    dice = multimask_dice_loss(mask_logits, targets, present)
+    iou = iou_prediction_loss(mask_logits, targets, pred_ious, present, config.iou_use_l1_loss)
+    best = (focal * config.focal + dice * config.dice).argmin(-1, keepdim=True)  # (N, 1)
+    return {
+        "track_focal": focal.gather(1, best)[:, 0],
+        "track_dice": dice.gather(1, best)[:, 0],
+        "track_iou": iou.mean(-1) if config.supervise_all_iou else iou.gather(1, best)[:, 0],
+        "track_object": object_score_loss(
+            object_score_logits, present, config.object_focal_alpha, config.object_focal_gamma
+        ),
+    }

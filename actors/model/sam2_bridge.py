@@ -167,8 +167,9 @@ def _compose_model_config(config: Sam2Config) -> OmegaConf:
     return cfg
 
 
-def build_sam2_model(config: Sam2Config) -> SAM2Base:
-    """The package's ``SAM2Base`` built from ``config`` (seeded init; checkpoint loaded if given), in eval mode.
+def build_sam2_model(config: Sam2Config, storage_options: Mapping | None = None) -> SAM2Base:
+    """The package's ``SAM2Base`` built from ``config`` (seeded init; checkpoint loaded if given, read with
+    ``storage_options``), in eval mode.
 
     Config errors (unknown override keys, inconsistent sizes) raise ``ConfigError`` before any weights
     are read.
@@ -183,13 +184,13 @@ def build_sam2_model(config: Sam2Config) -> SAM2Base:
     if not isinstance(model, SAM2Base):
         raise ConfigError(f"sam2 config '{config.config_name}' builds {type(model).__name__}, not a SAM2Base")
     if config.checkpoint is not None:
-        load_weights(model, config.checkpoint)
+        load_weights(model, config.checkpoint, storage_options)
     return model.eval()
 
 
-def build_sam2(config: Sam2Config) -> Sam2Bridge:
-    """``Sam2Bridge`` around ``build_sam2_model(config)``."""
-    return Sam2Bridge(build_sam2_model(config)).eval()
+def build_sam2(config: Sam2Config, storage_options: Mapping | None = None) -> Sam2Bridge:
+    """``Sam2Bridge`` around ``build_sam2_model(config, storage_options)``."""
+    return Sam2Bridge(build_sam2_model(config, storage_options)).eval()
 
 
 def read_state_dict(uri: str, storage_options: Mapping | None = None) -> dict[str, torch.Tensor]:

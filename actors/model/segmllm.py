@@ -564,11 +564,24 @@ class SegModel(nn.Module):
         self.sam2 = sam2
         self.losses = losses
 
-    def enable_training(self) -> None:
-        """Trainable: LoRA, new token rows, heads, SAM2 mask decoder. Frozen: vision tower, LLM base,
-        SAM2 image encoder, prompt encoder and memory modules."""
-        if not isinstance(self.mllm.qwen, PeftModel):
+    def enable_training(self, mode: str = "lora") -> None:
+        """Set what trains. ``lora``: LoRA, new token rows, heads, SAM2 mask decoder; the vision tower, the
+        LLM base and the rest of SAM2 frozen. ``full`` (training from scratch): every MLLM parameter
+        (vision tower, LLM, embeddings, LM head), the heads and the SAM2 mask decoder; the rest of SAM2
+        (image encoder, prompt encoder, memory), which SAM2's own tracking objective trains, stays frozen."""
+        if mode not in ("lora", "full"):
+            raise ValueError(f"training mode must be 'lora' or 'full', got '{mode}'")
+        if mode == "lora" and not isinstance(self.mllm.qwen, PeftModel):
             self.mllm.enable_lora()
+        elif mode == "lora":  # an adapter loaded for inference (frozen) trains on from where it is
+            for name, parameter in self.mllm.qwen.named_parameters():
+                if "lora_" in name or "trainable_tokens_delta" in name:
+                    parameter.requires_grad_(True)
+        if mode == "full":
+            if isinstance(self.mllm.qwen, PeftModel):
+                raise ValueError("full-parameter training of a model with a LoRA adapter attached: export or "
+                                 "merge the adapter first")
+            self.mllm.qwen.requires_grad_(True)
         self.sam2.requires_grad_(False)
         self.sam2.sam.sam_mask_decoder.requires_grad_(True)
         self.train()

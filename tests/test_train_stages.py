@@ -1,0 +1,105 @@
+"""``vrseg train``'s stages for a model trained from scratch, end to end on Ray Train with the tiny model and a
+procedural corpus: SAM2's tracking objective (every SAM2 module trains, nothing else), then full-parameter
+joint TSG + RefVOS training started from the first stage's exported ``model.yaml``; both checkpoint what they
+train, resume exactly, and export a directory the next stage and labeling load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_corpus import write_train_corpus
+
+from actors.config import ConfigError, load_config
+from actors.model.checkpoints import build_model, load_exported
+from actors.model.config import ModelConfig
+from pipelines.train import run_training
+from pipelines.train_config import TrainConfig, load_train_config
+
+TRACK_PARTS = ("track_focal", "track_dice", "track_iou", "track_object")
+JOINT_PARTS = ("lm", "find", "mask_bce", "mask_dice")
+SAM2_TRAINED_MODULES = ("image_encoder.", "memory_attention.", "memory_encoder.", "sam_mask_decoder.")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_train_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _config(path: str, corpus: Path, *overrides: str) -> TrainConfig:
+    return load_train_config(path, [f"data_root={corpus}", *overrides])
+
+
+def _falls(history: list[dict[str, float]], parts: tuple[str, ...], ratio: float) -> None:
+    first = {p: history[0][p] for p in parts}
+    last = {p: float(np.mean([m[p] for m in history[-3:]])) for p in parts}
+    for part in parts:
+        assert last[part] < ratio * first[part], (part, first, last)
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> bool:
+    keys = [k for k in before if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None:
+    with pytest.raises(ConfigError, match="sources.procedural_tsg: a charades-sta source has no masks"):
+        _config("configs/train/tiny.yaml", corpus, "objective=sam2_tracking")
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        _config("configs/train/tiny.yaml", corpus, "mode=partial")
+
+
+def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_path: Path, ray_local: None) -> None:
+    common = ("optim.warmup_steps=0", "num_workers=1", f"storage_path={tmp_path}")
+    tracking = run_training(_config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2",
+                                    "max_steps=8", "checkpoint_every=8"))
+    _falls(tracking.state.history, TRACK_PARTS, 0.8)
+    assert {p.name for p in (tmp_path / "tiny-sam2" / "step_00000008" / "model").iterdir()} == {"sam2.safetensors"}
+
+    # every SAM2 module trained, the MLLM did not
+    untrained = build_model(load_config(ModelConfig, "configs/model/tiny.yaml"))
+    stage1 = load_exported(tracking.export_uri)
+    before, after = untrained.sam2.sam.state_dict(), stage1.sam2.sam.state_dict()
+    assert all(_changed(before, after, prefix) for prefix in SAM2_TRAINED_MODULES)
+    mllm_before, mllm_after = untrained.mllm.hf_model.state_dict(), stage1.mllm.hf_model.state_dict()
+    assert all(torch.equal(mllm_before[k], mllm_after[k]) for k in mllm_before)
+
+    # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays
+    joint = run_training(_config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "max_steps=8",
+                                 "checkpoint_every=8", "mode=full", "optim.lr=3e-3",
+                                 f"model_config={tracking.export_uri}/model.yaml"))
+    _falls(joint.state.history, JOINT_PARTS, 0.9)
+    files = {p.name for p in (tmp_path / "tiny" / "step_00000008" / "model").iterdir()}
+    assert files == {"mllm.safetensors", "heads.safetensors", "sam2_decoder.safetensors"}
+    assert not (Path(joint.export_uri) / "adapter").exists()
+    stage2 = load_exported(joint.export_uri)
+    final = stage2.sam2.sam.state_dict()
+    assert not _changed(after, final, "image_encoder.") and not _changed(after, final, "memory_encoder.")
+    assert _changed(after, final, "sam_mask_decoder.")
+    trained_backbone = stage2.mllm.hf_model.state_dict()
+    assert _changed(mllm_after, trained_backbone, "model.visual.")
+    assert _changed(mllm_after, trained_backbone, "model.language_model.layers.")
+
+
+@pytest.mark.parametrize(("path", "overrides"), [("configs/train/tiny_sam2.yaml", ()),
+                                                  ("configs/train/tiny.yaml", ("mode=full",))])
+def test_new_stages_resume_where_a_stopped_run_left_off(path: str, overrides: tuple[str, ...], corpus: Path,
+                                                       tmp_path: Path, ray_local: None) -> None:
+    """A run resumed from another run's step-2 checkpoint (as if that run had been killed after it) repeats the
+    uninterrupted run's steps 3 and 4 exactly: the trained parts, AdamW and the schedule are all restored."""
+
+    def run(storage: str) -> list[dict[str, float]]:
+        config = _config(path, corpus, *overrides, "optim.warmup_steps=0", "num_workers=1", "max_steps=4",
+                         "checkpoint_every=2", f"storage_path={tmp_path / storage}")
+        return [{k: v for k, v in m.items() if k != "time"} for m in run_training(config).state.history]
+
+    whole = run("whole")
+    name = "tiny-sam2" if "sam2" in path else "tiny"
+    shutil.copytree(tmp_path / "whole" / name / "step_00000002", tmp_path / "resumed" / name / "step_00000002")
+    resumed = run("resumed")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert resumed == whole
