@@ -355,8 +355,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--expressions", help="with --videos: .txt (one expression per line, every video) or .json")
     parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
     parser.add_argument("--config", default=str(DEFAULT_LABEL_CONFIG),
-                        help="configs/label/<name>.yaml (default: configs/label/default.yaml, the shipped procedural "
-                             "model trained by make model)")
+                        help="configs/label/<name>.yaml (default: the embedded default, configs/label/tiny.yaml)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
     parser.add_argument("--png", action="store_true", help="also write the PNG layout under png/")

@@ -115,7 +115,7 @@ def _card(record: dict[str, Any]) -> str:
         scores = "```\n" + json.dumps(evaluation, indent=1) + "\n```"
     return f"""# vrseg procedural model
 
-The embedded default of `vrseg label` and `make demo` (`configs/label/default.yaml`): Qwen2.5-VL and SAM2.1 (the
+The model `configs/label/procedural.yaml` labels with (meant to become the embedded default): Qwen2.5-VL and SAM2.1 (the
 real `transformers` and `sam2` classes) sized for `vrseg synth`'s procedural world of moving shapes and trained
 from scratch on 2 CPU cores by `make model`. Weights: `backbone/` (Hugging Face directory), `heads.safetensors`,
 `sam2.safetensors`; `model.yaml` names them relative to this directory.
@@ -143,9 +143,9 @@ runs at 160 px, so mask boundaries are coarse (upsampled from 40x40 logits).
 """
 
 
-def release(stage_configs: list[str], out: Path, evaluation: Path | None, started: float | None) -> dict[str, Any]:
+def release(configs: list[TrainConfig], out: Path, evaluation: Path | None = None,
+            started: float | None = None) -> dict[str, Any]:
     """Copy the last stage's export to ``out`` and write the training record, loss curves and model card."""
-    configs = [load_train_config(path) for path in stage_configs]
     stages = [stage_record(config)[0] for config in configs]
     export = Path(stages[-1]["export"])
     if not (export / "model.yaml").is_file():
@@ -160,7 +160,6 @@ def release(stage_configs: list[str], out: Path, evaluation: Path | None, starte
         corpus = {k: written[k] for k in ("num_videos", "num_frames", "late_videos", "expressions", "moments")}
     record = {
         "stages": stages,
-        "stage_configs": stage_configs,
         "corpus": corpus,
         "wall_seconds": (time.time() - started) if started else sum(s["train_seconds"] for s in stages),
         "parameters": parameter_counts(out),
@@ -181,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the shipped model directory (replaced)")
     parser.add_argument("--evaluation", type=Path, help="output of benches/evidence.py (its RESULT line)")
     parser.add_argument("--started", type=float, help="the recipe's start (epoch seconds) for its wall time")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage's config")
     args = parser.parse_args(argv)
-    record = release(args.stages, Path(args.out), args.evaluation, args.started)
+    configs = [load_train_config(path, args.overrides) for path in args.stages]
+    record = release(configs, Path(args.out), args.evaluation, args.started)
     print(f"model_release: {args.out}: {sum(record['parameters'].values()):,} parameters, "
           f"{record['wall_seconds'] / 60:.1f} min wall")
     return 0

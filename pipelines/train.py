@@ -166,13 +166,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.o
     return optimizer, scheduler
 
 
-def training_network(model: SegModel, config: TrainConfig) -> torch.nn.Module:
+def training_network(model: SegModel, model_config: ModelConfig, config: TrainConfig) -> torch.nn.Module:
     """The module the optimizer trains: ``model`` itself (joint; ``enable_training(mode)``) or SAM2's tracking
-    objective around ``model.sam2`` with every SAM2 parameter trainable (``sam2_tracking``)."""
+    objective (weighted by ``model_config.tracking_losses``) around ``model.sam2`` with every SAM2 parameter
+    trainable (``sam2_tracking``)."""
     if config.objective == "sam2_tracking":
         model.requires_grad_(False)
         model.sam2.requires_grad_(True)
-        return Sam2TrackingObjective(model.sam2).train()
+        return Sam2TrackingObjective(model.sam2, model_config.tracking_losses).train()
     model.enable_training(config.mode)
     return model
 
@@ -264,7 +265,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.scaling.threads())
     torch.manual_seed(config.seed)
     model = build_model(model_config)
-    network = training_network(model, config)
+    network = training_network(model, model_config, config)
     saved_parts = trained_parts(config)
     state, optimizer_state, scheduler_state = TrainState(), None, None
     if loop_config["resume_uri"] is not None:  # the driver's choice, which its data offset assumes

@@ -16,6 +16,7 @@ from train_corpus import write_train_corpus
 from actors.config import ConfigError, load_config
 from actors.model.checkpoints import build_model, load_exported
 from actors.model.config import ModelConfig
+from pipelines.model_release import release
 from pipelines.train import run_training
 from pipelines.train_config import TrainConfig, load_train_config
 
@@ -55,8 +56,9 @@ def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None
 
 def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_path: Path, ray_local: None) -> None:
     common = ("optim.warmup_steps=0", "num_workers=1", f"storage_path={tmp_path}")
-    tracking = run_training(_config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2",
-                                    "max_steps=8", "checkpoint_every=8"))
+    first = _config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2", "max_steps=8",
+                    "checkpoint_every=8")
+    tracking = run_training(first)
     _falls(tracking.state.history, TRACK_PARTS, 0.8)
     assert {p.name for p in (tmp_path / "tiny-sam2" / "step_00000008" / "model").iterdir()} == {"sam2.safetensors"}
 
@@ -69,9 +71,9 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     assert all(torch.equal(mllm_before[k], mllm_after[k]) for k in mllm_before)
 
     # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays
-    joint = run_training(_config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "max_steps=8",
-                                 "checkpoint_every=8", "mode=full", "optim.lr=3e-3",
-                                 f"model_config={tracking.export_uri}/model.yaml"))
+    second = _config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "max_steps=8",
+                     "checkpoint_every=8", "mode=full", "optim.lr=3e-3", f"model_config={tracking.export_uri}/model.yaml")
+    joint = run_training(second)
     _falls(joint.state.history, JOINT_PARTS, 0.9)
     files = {p.name for p in (tmp_path / "tiny" / "step_00000008" / "model").iterdir()}
     assert files == {"mllm.safetensors", "heads.safetensors", "sam2_decoder.safetensors"}
@@ -83,6 +85,15 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     trained_backbone = stage2.mllm.hf_model.state_dict()
     assert _changed(mllm_after, trained_backbone, "model.visual.")
     assert _changed(mllm_after, trained_backbone, "model.language_model.layers.")
+
+    # the release: the last stage's model, both stages' record, loss curves and the model card
+    record = release([first, second], tmp_path / "released")
+    assert [(s["name"], s["steps"], len(s["history"])) for s in record["stages"]] == [("tiny-sam2", 8, 8), ("tiny", 8, 8)]
+    assert record["parameters"]["sam2"] == sum(p.numel() for p in stage2.sam2.parameters())
+    assert (tmp_path / "released" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"SAM2 {record['parameters']['sam2']:,}" in (tmp_path / "released" / "README.md").read_text()
+    released = load_exported(str(tmp_path / "released")).sam2.sam.state_dict()
+    assert all(torch.equal(final[k], released[k]) for k in final)
 
 
 @pytest.mark.parametrize(("path", "overrides"), [("configs/train/tiny_sam2.yaml", ()),
@@ -103,3 +114,4 @@ def test_new_stages_resume_where_a_stopped_run_left_off(path: str, overrides: tu
     resumed = run("resumed")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     assert resumed == whole
+

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 from actors.config import ConfigError, load_config, read_yaml
-from actors.model.losses import LossConfig
+from actors.model.losses import LossConfig, TrackingLossConfig
 from actors.model.sam2_bridge import Sam2Config
 from actors.uri import filesystem_for, is_relative, join, parent
 
@@ -160,7 +160,9 @@ class MLLMConfig:
 
 @dataclass
 class ModelConfig:
-    """The whole network: ``mllm`` (this file), ``sam2`` (``actors.model.sam2_bridge.Sam2Config``), ``losses``.
+    """The whole network: ``mllm`` (this file), ``sam2`` (``actors.model.sam2_bridge.Sam2Config``), ``losses``
+    (the joint objective's weights) and ``tracking_losses`` (SAM2's tracking objective, ``vrseg train``'s
+    ``objective: sam2_tracking``).
 
     ``sam2_decoder_uri``: fine-tuned SAM2 mask-decoder weights (``sam2_decoder.safetensors``, SAM2 key names)
     loaded over ``sam2.checkpoint``.
@@ -170,6 +172,7 @@ class ModelConfig:
     sam2: Sam2Config = field(default_factory=Sam2Config)
     sam2_decoder_uri: str | None = None
     losses: LossConfig = field(default_factory=LossConfig)
+    tracking_losses: TrackingLossConfig = field(default_factory=TrackingLossConfig)
 
     def weight_locations(self) -> list[str]:
         """The weight locations that are set (``WEIGHT_LOCATIONS`` order; the backbone even if built)."""
