@@ -36,7 +36,13 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
 from actors.config import to_plain  # noqa: E402
 from actors.model.checkpoints import load_exported  # noqa: E402
 from actors.uri import join  # noqa: E402
-from pipelines.train import LOSS_PARTS, TrainState, export_location, latest_checkpoint  # noqa: E402
+from pipelines.train import (  # noqa: E402
+    LOSS_PARTS,
+    TrainState,
+    export_location,
+    latest_checkpoint,
+    with_absolute_locations,
+)
 from pipelines.train_config import TrainConfig, load_train_config  # noqa: E402
 
 PACKAGES = ("torch", "transformers", "peft", "sam2", "ray", "decord", "numpy")
@@ -48,6 +54,7 @@ RESULT_PREFIX = "RESULT "
 
 def stage_record(config: TrainConfig) -> tuple[dict[str, Any], TrainState]:
     """A finished stage's configuration and its newest checkpoint's state; an unfinished stage is an error."""
+    config = with_absolute_locations(config)
     latest = latest_checkpoint(config)
     if latest is None or latest[1].step < config.max_steps:
         done = 0 if latest is None else latest[1].step

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -71,7 +72,7 @@ from actors.model.checkpoints import (
 from actors.model.config import ModelConfig
 from actors.model.sam2_video_training import Sam2TrackingObjective, TrackingClip
 from actors.model.segmllm import SegModel, TrainSample
-from actors.uri import filesystem_for, join, protocol_of, redact
+from actors.uri import filesystem_for, is_relative, join, protocol_of, redact
 from pipelines.formats import FormatError
 from pipelines.train_config import TrainConfig, load_model_config, load_train_config
 from pipelines.train_data import read_catalog, sample_dataset
@@ -419,9 +420,22 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
     )
 
 
+def with_absolute_locations(config: TrainConfig) -> TrainConfig:
+    """``config`` with a relative local ``storage_path`` / ``export_uri`` made absolute against the driver's
+    working directory: Ray Train runs its workers in another directory, where the checkpoint to resume and the
+    exported model would otherwise be read and written."""
+    return dataclasses.replace(
+        config,
+        storage_path=os.path.abspath(config.storage_path) if is_relative(config.storage_path) else config.storage_path,
+        export_uri=os.path.abspath(config.export_uri) if config.export_uri and is_relative(config.export_uri)
+        else config.export_uri,
+    )
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Validate, train (resuming if the run has checkpoints), export. Errors in config or data locations are
     raised before any worker starts."""
+    config = with_absolute_locations(config)
     model_config = load_model_config(config)
     trainer = build_trainer(config, model_config)
     result = trainer.fit()

@@ -23,6 +23,8 @@ from pipelines.train_config import TrainConfig, load_train_config
 TRACK_PARTS = ("track_focal", "track_dice", "track_iou", "track_object")
 JOINT_PARTS = ("lm", "find", "mask_bce", "mask_dice")
 SAM2_TRAINED_MODULES = ("image_encoder.", "memory_attention.", "memory_encoder.", "sam_mask_decoder.")
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = str(ROOT / "configs" / "model" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(path: str, corpus: Path, *overrides: str) -> TrainConfig:
-    return load_train_config(path, [f"data_root={corpus}", *overrides])
+    return load_train_config(ROOT / path, [f"data_root={corpus}", *overrides])
 
 
 def _falls(history: list[dict[str, float]], parts: tuple[str, ...], ratio: float) -> None:
@@ -54,16 +56,22 @@ def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None
         _config("configs/train/tiny.yaml", corpus, "mode=partial")
 
 
-def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_path: Path, ray_local: None) -> None:
-    common = ("optim.warmup_steps=0", "num_workers=1", f"storage_path={tmp_path}")
+def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_path: Path, ray_local: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chained as the recipe chains them, with a storage path relative to the working directory (Ray Train runs
+    its workers elsewhere: the export and the next stage's model_config must still meet there)."""
+    monkeypatch.chdir(tmp_path)
+    common = ("optim.warmup_steps=0", "num_workers=1", "storage_path=runs")
     first = _config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2", "max_steps=8",
-                    "checkpoint_every=8")
+                    "checkpoint_every=8", f"model_config={TINY_MODEL}")
     tracking = run_training(first)
+    assert tracking.export_uri == str(tmp_path / "runs" / "tiny-sam2" / "model")
     _falls(tracking.state.history, TRACK_PARTS, 0.8)
-    assert {p.name for p in (tmp_path / "tiny-sam2" / "step_00000008" / "model").iterdir()} == {"sam2.safetensors"}
+    assert {p.name for p in (tmp_path / "runs" / "tiny-sam2" / "step_00000008" / "model").iterdir()} == {
+        "sam2.safetensors"}
 
     # every SAM2 module trained, the MLLM did not
-    untrained = build_model(load_config(ModelConfig, "configs/model/tiny.yaml"))
+    untrained = build_model(load_config(ModelConfig, TINY_MODEL))
     stage1 = load_exported(tracking.export_uri)
     before, after = untrained.sam2.sam.state_dict(), stage1.sam2.sam.state_dict()
     assert all(_changed(before, after, prefix) for prefix in SAM2_TRAINED_MODULES)
@@ -72,10 +80,10 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
 
     # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays
     second = _config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "max_steps=8",
-                     "checkpoint_every=8", "mode=full", "optim.lr=3e-3", f"model_config={tracking.export_uri}/model.yaml")
+                     "checkpoint_every=8", "mode=full", "optim.lr=3e-3", "model_config=runs/tiny-sam2/model/model.yaml")
     joint = run_training(second)
     _falls(joint.state.history, JOINT_PARTS, 0.9)
-    files = {p.name for p in (tmp_path / "tiny" / "step_00000008" / "model").iterdir()}
+    files = {p.name for p in (tmp_path / "runs" / "tiny" / "step_00000008" / "model").iterdir()}
     assert files == {"mllm.safetensors", "heads.safetensors", "sam2_decoder.safetensors"}
     assert not (Path(joint.export_uri) / "adapter").exists()
     stage2 = load_exported(joint.export_uri)
@@ -87,7 +95,7 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     assert _changed(mllm_after, trained_backbone, "model.language_model.layers.")
 
     # the release: the last stage's model, both stages' record, loss curves and the model card
-    record = release([first, second], tmp_path / "released")
+    record = release([first, second], tmp_path / "released")  # relative storage: from the same directory
     assert [(s["name"], s["steps"], len(s["history"])) for s in record["stages"]] == [("tiny-sam2", 8, 8), ("tiny", 8, 8)]
     assert record["parameters"]["sam2"] == sum(p.numel() for p in stage2.sam2.parameters())
     assert (tmp_path / "released" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
