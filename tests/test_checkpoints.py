@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 from peft import PeftModel
+from perturb import perturb_trainable
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from actors.config import ConfigError, load_config
@@ -45,12 +46,7 @@ def trained() -> tuple[SegModel, ModelConfig]:
     config = load_config(ModelConfig, TINY_YAML)
     model = build_model(config)
     model.enable_training()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model.eval(), config
+    return perturb_trainable(model, 0), config
 
 
 def _outputs(model: SegModel) -> list[torch.Tensor]:
@@ -95,15 +91,6 @@ def test_save_and_load_trainable_restores_a_fresh_training_model(trained, tmp_pa
     _assert_identical(_outputs(model), _outputs(fresh.eval()))
 
 
-def _perturbed(model: SegModel, seed: int) -> SegModel:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
 @pytest.mark.parametrize("parts", [("mllm", "heads", "sam2_decoder"), ("sam2",)])
 def test_full_parameter_and_sam2_parts_restore_a_fresh_model(parts, tmp_path: Path):
     """Full-parameter training saves the whole backbone, SAM2 tracking training the whole SAM2: a fresh model
@@ -116,7 +103,7 @@ def test_full_parameter_and_sam2_parts_restore_a_fresh_model(parts, tmp_path: Pa
     else:
         model.enable_training("full")
         assert all(p.requires_grad for p in model.mllm.hf_model.model.visual.parameters())
-    _perturbed(model, 3)
+    perturb_trainable(model, 3)
     save_trainable(model, str(tmp_path / "ckpt"), parts)
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {f"{part}.safetensors" for part in parts}
     fresh = build_model(config).eval()
@@ -129,7 +116,7 @@ def test_full_parameter_export_has_no_adapter_and_loads_the_trained_backbone(tmp
     config = load_config(ModelConfig, TINY_YAML)
     model = build_model(config)
     model.enable_training("full")
-    _perturbed(model, 4)
+    perturb_trainable(model, 4)
     export_model(model, config, str(tmp_path / "export"))
     assert not (tmp_path / "export" / "adapter").exists()
     _assert_identical(_outputs(model), _outputs(load_exported(str(tmp_path / "export"))))

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from label_corpus import engine_masks_of, label_cli, local_corpus, manifest_rows, read_masks, write_manifest
+from perturb import perturb_trainable
 
 from actors.config import ConfigError
 from actors.model.checkpoints import build_model, export_model, exported_config, load_exported
@@ -108,13 +108,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SegModel, ModelC
     config = read_model_config(TINY_YAML)
     model = build_model(config)
     model.enable_training()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    perturb_trainable(model, 0)
     directory = tmp_path_factory.mktemp("export") / "model"
-    export_model(model.eval(), config, str(directory))
+    export_model(model, config, str(directory))
     return model, config, directory
 
 
