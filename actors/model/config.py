@@ -24,6 +24,7 @@ from actors.uri import filesystem_for, is_relative, join, parent
 
 TINY_BACKBONE = "tiny"
 SCRATCH_BACKBONE = "scratch"
+VOCABULARIES = ("tiny", "procedural")  # the offline vocabularies of actors.model.scratch_backbone
 BUILT_BACKBONES = (TINY_BACKBONE, SCRATCH_BACKBONE)
 WEIGHT_LOCATIONS = (
     "mllm.backbone",
@@ -83,8 +84,8 @@ class ScratchConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        if self.vocabulary not in ("tiny", "procedural"):
-            raise ValueError(f"mllm.scratch.vocabulary must be 'tiny' or 'procedural', got '{self.vocabulary}'")
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"mllm.scratch.vocabulary must be one of {list(VOCABULARIES)}, got '{self.vocabulary}'")
         for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "vision_depth",
                      "vision_hidden_size", "vision_intermediate_size", "vision_heads", "patch_size", "merge_size",
                      "temporal_patch_size"):

@@ -31,7 +31,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-from actors.model.config import ScratchConfig
+from actors.model.config import VOCABULARIES, ScratchConfig
 
 # Qwen's special tokens, in Qwen's order (their ids follow the BPE vocabulary, as in Qwen).
 QWEN_SPECIAL_TOKENS = (
@@ -104,14 +104,13 @@ the blue diamond appears the red hexagon leaves the frame the cyan circle is in 
 """
 
 _VOCABULARIES = {"tiny": (_TINY_TEXT, 640), "procedural": (_PROCEDURAL_TEXT, 4096)}
-VOCABULARIES = tuple(_VOCABULARIES)
 
 
 def build_tokenizer(vocabulary: str = "tiny") -> Qwen2Tokenizer:
     """A ``Qwen2Tokenizer`` over a byte-level BPE trained on the vocabulary's fixed text, with Qwen's special
     tokens. ``procedural``'s merge budget exceeds what its text can use, so training stops when every word of
     the grammar is a single token."""
-    if vocabulary not in _VOCABULARIES:
+    if vocabulary not in VOCABULARIES:
         raise ValueError(f"vocabulary must be one of {list(VOCABULARIES)}, got '{vocabulary}'")
     text, vocab_size = _VOCABULARIES[vocabulary]
     bpe = Tokenizer(models.BPE())
