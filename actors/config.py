@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from actors.uri import filesystem_for
+from actors.uri import filesystem_for, is_relative
 
 T = TypeVar("T")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,23 @@ def read_yaml(location: str | Path, storage_options: Mapping[str, Any] | None = 
     return layer
 
 
+def resolve_config_location(location: str | Path) -> str:
+    """Where the config file named ``location`` is read from, so that ``configs/<kind>/<name>.yaml`` works from
+    any working directory.
+
+    URIs, absolute paths and relative paths that exist from the working directory are returned as given; any
+    other relative path is taken from the project root (where ``configs/`` ships). Raises ``ConfigError``
+    naming both places when the file is in neither.
+    """
+    location = str(location)
+    if not is_relative(location) or Path(location).exists():
+        return location
+    shipped = PROJECT_ROOT / location
+    if shipped.exists():
+        return str(shipped)
+    raise ConfigError(f"config file not found: {location} (looked in {Path.cwd()} and in {PROJECT_ROOT})")
+
+
 def load_config(
     schema: type[T],
     path: str | Path | Mapping[str, Any] | None = None,
@@ -72,7 +90,8 @@ def load_config(
     """Return ``schema`` filled from ``path`` and ``overrides`` (``a.b=value`` strings).
 
     ``path``: a YAML file (local path or fsspec URI with the environment's storage options; ``read_yaml``
-    reads others), or a mapping already read from one, which ``source`` then names in messages.
+    reads others; a relative path missing from the working directory is read from the project root,
+    ``resolve_config_location``), or a mapping already read from one, which ``source`` then names in messages.
     Raises ``ConfigError`` naming the offending key and its source for unknown keys, wrong types,
     unreadable files and malformed overrides; ``__post_init__`` checks of the schema run last and
     their ``ValueError`` is re-raised as ``ConfigError`` naming the source.
@@ -85,7 +104,8 @@ def load_config(
         if isinstance(path, Mapping):
             layer, name = path, source or "config"
         else:
-            layer, name = read_yaml(path), source or str(path)
+            location = resolve_config_location(path)
+            layer, name = read_yaml(location), source or location
         merged = _merge(merged, layer, name)
         sources.append(name)
     if overrides:
