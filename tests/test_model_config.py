@@ -81,6 +81,14 @@ def test_relative_locations_in_an_s3_file_resolve_against_its_prefix(s3, monkeyp
     assert config.mllm.storage_options == s3.storage_options  # the weights are read the same way
 
 
+def test_a_shipped_model_config_loads_by_its_project_path_from_another_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert read_model_config("configs/model/tiny.yaml") == read_model_config(TINY_YAML)
+    with pytest.raises(ConfigError, match=rf"configs/model/none.yaml \(looked in {tmp_path} and in {ROOT}\)"):
+        read_model_config("configs/model/none.yaml")
+
+
 def test_missing_files_and_locations_are_config_errors_naming_them(s3, tmp_path: Path) -> None:  # noqa: ANN001
     for uri in (str(tmp_path / "none" / "model.yaml"), s3.uri("none/model.yaml"), "s3://no-such-bucket-vrseg/m.yaml"):
         with pytest.raises(ConfigError, match=f"config file not found: {uri}"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from actors.config import ConfigError, load_config, read_yaml
+from actors.config import ConfigError, load_config, read_yaml, resolve_config_location
 from actors.model.losses import LossConfig, TrackingLossConfig
 from actors.model.sam2_bridge import Sam2Config
 from actors.uri import filesystem_for, is_relative, join, parent
@@ -212,8 +212,10 @@ def read_model_config(
     ``storage_options`` (with the environment, as in ``actors.uri.filesystem_for``) read the file and
     become ``mllm.storage_options`` (the weights' reads, and the existence checks) unless the file or an
     override sets those. ``ConfigError`` names the file and, for a location, the key and where it
-    resolved to.
+    resolved to. A relative ``uri`` missing from the working directory is read from the project root
+    (``actors.config.resolve_config_location``), so shipped configs load from anywhere.
     """
+    uri = resolve_config_location(uri)
     layer = OmegaConf.to_container(read_yaml(uri, storage_options))
     resolved: dict[str, tuple[str, str]] = {}  # key -> (as written, resolved location)
     for key in WEIGHT_LOCATIONS:
