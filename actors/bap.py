@@ -3,36 +3,59 @@
 Pure: the policy never touches SAM2. For one object (expression) it knows the video length T, the key
 frames (whose masks were decoded from ``[SEG]`` before propagation, with prediction confidences S^p) and
 the anchor; the engine tracks frame by frame and reports each tracking score S^t, and the policy answers
-with the action to take at that frame. ``run_propagation`` drives a ``PropagationSession`` through a whole
-policy; an engine that steps several objects in lock-step calls ``begin`` / ``after_track`` itself, one
-``PropagationPolicy`` per object, following ``passes``.
+whether Eq. 8 clears memory at a key frame. ``run_propagation`` drives a ``PropagationSession`` through a
+whole policy; an engine that steps several objects in lock-step calls ``begin`` / ``reach`` /
+``after_track`` itself, one ``PropagationPolicy`` per object, following ``passes``.
 
-Modes (``PropagationConfig.mode``):
+Modes (``PropagationConfig.mode``) are the rows of MomentSeg Table 9, each adding one feature of
+Bidirectional Anchor-updated Propagation (3.2.3) to the previous row, plus VRS-HQ's keyframe propagation:
 
-- ``bap`` (MomentSeg 3.2.3, Eq. 8): seed at the anchor c*, propagate forward to T-1, then backward to 0.
-  At every other key frame i reached, with P the running product of tracking scores since the last seed:
-  if P < lambda * S_i^p, clear the object's memory and re-seed it with the key-frame mask (P restarts at 1);
-  otherwise keep tracking.
-- ``forward`` (Sa2VA): seed at frame 0 (which must be a key frame) and propagate forward only; every other
-  key frame reached becomes an extra conditioning frame holding its key-frame mask, memory kept (Sa2VA
-  prompts one SAM2 state at every sampled frame before propagating).
-- ``keyframe`` (VRS-HQ): seed at the anchor (the TKS keyframe), forward then backward, no key-frame updates.
+- ``forward``: one-way, no updating, no cleaning (Table 9's "Forward Propagation (Baseline)");
+- ``anchor_updating``: one-way, anchor updating ("+Moment-anchored Updating"; also Sa2VA's inference,
+  which prompts SAM2 on every sampled frame and propagates forward);
+- ``memory_cleaning``: one-way, anchor updating, Eq. 8 memory cleaning ("+Adaptive Memory Cleaning");
+- ``bap``: bidirectional, anchor updating, memory cleaning ("+Bidirectional Propagation"; the default);
+- ``keyframe``: bidirectional, no updating, no cleaning (VRS-HQ: propagation from the TKS keyframe).
 
-Choices where the paper is silent:
+What each feature does:
 
-- P multiplies the S^t of the frames tracked in the current pass since its last seed. The seed frame adds
-  no factor (its mask is given, not tracked); the key frame under decision adds its own S^t (SAM2 tracks
-  it before the decision, as in a propagation loop), so a re-seed replaces that tracked output.
-- Each pass starts from fresh memory: the backward pass begins with ``Seed(anchor, BACKWARD)`` (memory =
-  the anchor's key-frame mask only) and P = 1, so the forward pass's tracked frames and re-seeds never
-  condition the backward pass; the two directions are symmetric and independent.
-- The forward pass always runs (it seeds the anchor); the backward pass exists when the anchor is not 0.
-- A sampler without an anchor (FirstK, Uniform, Sparse-Dense) starts ``bap``/``keyframe`` at the first
-  key frame.
+- Start: bidirectional modes seed the anchor (MCS's c*, TKS's keyframe; the first key frame for samplers
+  without an anchor) and run forward to T-1, then backward to 0. One-way modes seed the first key frame
+  and run forward only, as SAM2's ``propagate_in_video`` does from its earliest conditioning frame; the
+  frames before it get no mask (``PropagationPolicy.unlabeled``: the engine writes them empty with score
+  0; there are none when frame 0 is a key frame, as with ``firstk`` and ``uniform``).
+- Anchor updating ("the target mask is updated at sampled key moments", Table 9's Moment-anchored
+  Updating): every key frame the pass will reach enters the object's memory as a conditioning frame
+  holding its key-frame mask, and when the pass reaches it, that mask is the frame's output (SAM2 does not
+  track it). Without it, the pass's seed is its only conditioning frame.
+- Memory cleaning (Eq. 8): at each key frame i the pass reaches (the seed excluded), U_i = 1 when
+  P < lambda * S_i^p, with P the product of tracking scores S^t; then the object's tracked memory is
+  dropped and its conditioning frames (the seed and the key frames) are kept.
 
-With ``actors.model.sam2_session.Sam2VideoSession`` the actions are: ``Seed`` and ``ClearAndReseed`` =
-``clear(obj, keep_seeds=False)`` then ``add_mask(obj, frame, key_mask)``; ``Condition`` = ``add_mask``
-alone; ``Track`` = the object's entry in ``propagate``'s ``FrameResult`` (S^t = ``object_scores``).
+Choices where the paper is silent or its code differs (Dmmm1997/MomentSeg,
+``bidirectional_adaptive_propagate_in_video``, which these follow):
+
+- All key frames of a pass are conditioning frames from the start of the pass, before it reaches them,
+  as the authors' code (and Sa2VA's) adds every sampled frame's mask before ``propagate_in_video``;
+  SAM2 attends to conditioning frames at any distance, so the later key frames steer the frames before
+  them too (their object pointers only once passed, SAM2's ``only_obj_ptrs_in_the_past_for_eval``).
+- Eq. 8 writes P = prod_{j=1}^{t} S_j^t over every frame tracked so far. Taken literally P never rises
+  again, so after the first clearing every later key frame would clear too; the product describes the
+  memory the next frames read, which a clearing replaces. Here, as in the authors' code, j runs over the
+  frames tracked since the pass started or memory was last cleared (P restarts at 1 after a clearing, not
+  after a key frame that did not clear). Key frames and the seed add no factor: their masks are given,
+  not tracked.
+- Clearing drops all of the object's tracked memory (``Sam2VideoSession.clear(keep_seeds=True)``); the
+  authors' code drops the non-conditioning memory within ``num_maskmem`` frames of the key frame, which is
+  all the tracked memory SAM2 reads except older object pointers.
+- Each pass starts from fresh memory: the backward pass begins with the anchor and its own key frames
+  and P = 1, so the forward pass's memory never conditions it (the authors' code resets the state between
+  the two directions).
+
+With ``actors.model.sam2_session.Sam2VideoSession`` the actions are: ``Seed`` = ``add_mask`` before the
+pass; ``Update`` = the seeded output ``propagate`` returns on that frame; ``Clear`` =
+``clear(obj, keep_seeds=True)``; ``Track`` = the object's entry in ``propagate``'s ``FrameResult``
+(S^t = ``object_scores``).
 """
 
 from __future__ import annotations
@@ -44,7 +67,25 @@ from typing import Protocol
 
 FORWARD = 1
 BACKWARD = -1
-MODES = ("bap", "forward", "keyframe")
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a propagation mode does (see the module docstring's table)."""
+
+    bidirectional: bool
+    anchor_updating: bool
+    memory_cleaning: bool
+
+
+MODES: dict[str, Features] = {
+    "forward": Features(bidirectional=False, anchor_updating=False, memory_cleaning=False),
+    "anchor_updating": Features(bidirectional=False, anchor_updating=True, memory_cleaning=False),
+    "memory_cleaning": Features(bidirectional=False, anchor_updating=True, memory_cleaning=True),
+    "bap": Features(bidirectional=True, anchor_updating=True, memory_cleaning=True),
+    "keyframe": Features(bidirectional=True, anchor_updating=False, memory_cleaning=False),
+}
+TABLE9_ROWS = ("forward", "anchor_updating", "memory_cleaning", "bap")  # MomentSeg Table 9, top to bottom
 
 
 class BAPError(ValueError):
@@ -62,10 +103,14 @@ class PropagationConfig:
         if not math.isfinite(self.lam) or self.lam < 0:
             raise ValueError(f"propagation.lam must be a finite number >= 0, got {self.lam}")
 
+    @property
+    def features(self) -> Features:
+        return MODES[self.mode]
+
 
 @dataclass(frozen=True)
 class Seed:
-    """Start a pass: the object's memory becomes only the key-frame mask at ``frame``, which is its output."""
+    """Before a pass: the key-frame mask at ``frame`` enters the object's memory as a conditioning frame."""
 
     frame: int
     direction: int
@@ -80,32 +125,36 @@ class Track:
 
 
 @dataclass(frozen=True)
-class ClearAndReseed:
-    """Replace the tracked output at ``frame`` by its key-frame mask and clear memory down to that mask."""
+class Update:
+    """The pass reached the seeded key frame ``frame``: its key-frame mask is the output (anchor updating)."""
 
     frame: int
     direction: int
 
 
 @dataclass(frozen=True)
-class Condition:
-    """Replace the tracked output at ``frame`` by its key-frame mask and add it as a conditioning frame,
-    keeping the rest of memory."""
+class Clear:
+    """Eq. 8 fired at key frame ``frame``: the object's tracked memory is dropped, its seeds kept."""
 
     frame: int
     direction: int
 
 
-Action = Seed | Track | ClearAndReseed | Condition
+Action = Seed | Track | Update | Clear
 
 
 @dataclass(frozen=True)
 class PropagationPass:
-    """One direction: ``Seed(seed, direction)``, then ``Track`` each of ``frames`` in order."""
+    """One direction: ``seeds`` (the start frame first, then key frames in pass order) enter memory, then
+    each of ``frames`` is visited in order: an ``Update`` on a seed, a ``Track`` elsewhere."""
 
     direction: int
-    seed: int
+    seeds: tuple[int, ...]
     frames: range
+
+    @property
+    def start(self) -> int:
+        return self.seeds[0]
 
 
 class PropagationSession(Protocol):
@@ -115,9 +164,7 @@ class PropagationSession(Protocol):
 
     def track(self, frame: int, direction: int) -> float: ...
 
-    def clear_and_reseed(self, frame: int, direction: int) -> None: ...
-
-    def condition(self, frame: int, direction: int) -> None: ...
+    def clear(self, frame: int, direction: int) -> None: ...
 
 
 def _check_unit_score(name: str, frame: int, value: float) -> float:
@@ -130,8 +177,8 @@ def _check_unit_score(name: str, frame: int, value: float) -> float:
 class PropagationPolicy:
     """The propagation plan and key-frame decisions for one object.
 
-    ``key_confidence`` maps key frames to S^p in [0, 1]; mode ``bap`` needs it for every key frame except
-    the seed, the other modes ignore it.
+    ``key_confidence`` maps key frames to S^p in [0, 1]; modes with memory cleaning need it for every key
+    frame except the start, the others ignore it.
     """
 
     def __init__(
@@ -149,89 +196,90 @@ class PropagationPolicy:
             raise BAPError(f"key frames must be a non-empty sorted list of distinct frames, got {keys}")
         if keys[0] < 0 or keys[-1] >= num_frames:
             raise BAPError(f"key frames {keys} fall outside the video's frames 0..{num_frames - 1}")
-        self.num_frames = num_frames
-        self.config = config
-        if config.mode == "forward":
-            if keys[0] != 0:
-                raise BAPError(
-                    f"forward propagation starts at frame 0, which must be a key frame (its mask comes from "
-                    f"[SEG]); the first key frame is {keys[0]}: sample with firstk or uniform"
-                )
-            start = 0
-        else:
-            start = keys[0] if anchor is None else int(anchor)
-            if start not in keys:
-                raise BAPError(f"anchor {start} is not one of the key frames {keys}")
+        features = config.features
+        self.num_frames, self.config, self.features = num_frames, config, features
+        start = keys[0] if anchor is None or not features.bidirectional else int(anchor)
+        if start not in keys:
+            raise BAPError(f"anchor {start} is not one of the key frames {keys}")
         self.start = start
-        self.decision_frames = frozenset(keys) - {start}
         self.key_confidence: dict[int, float] = {}
-        if config.mode == "bap":
-            missing = sorted(self.decision_frames - {int(frame) for frame in key_confidence})
+        if features.memory_cleaning:
+            decided = set(keys) - {start}
+            missing = sorted(decided - {int(frame) for frame in key_confidence})
             if missing:
-                raise BAPError(f"bap needs the key-frame prediction confidence S^p of frames {missing}")
+                raise BAPError(f"memory cleaning needs the key-frame prediction confidence S^p of frames {missing}")
             self.key_confidence = {
                 frame: _check_unit_score("key-frame confidence S^p", frame, key_confidence[frame])
-                for frame in self.decision_frames
+                for frame in decided
             }
-        passes = [PropagationPass(FORWARD, start, range(start + 1, num_frames))]
-        if config.mode != "forward" and start > 0:
-            passes.append(PropagationPass(BACKWARD, start, range(start - 1, -1, -1)))
+        later = [k for k in keys if k > start] if features.anchor_updating else []
+        earlier = [k for k in reversed(keys) if k < start] if features.anchor_updating else []
+        passes = [PropagationPass(FORWARD, (start, *later), range(start + 1, num_frames))]
+        if features.bidirectional and start > 0:
+            passes.append(PropagationPass(BACKWARD, (start, *earlier), range(start - 1, -1, -1)))
         self.passes: tuple[PropagationPass, ...] = tuple(passes)
+        self.unlabeled = range(0) if features.bidirectional else range(start)
         self.product = 1.0
         self._current: PropagationPass | None = None
         self._position = 0
 
-    def begin(self, direction: int) -> Seed:
-        """Start the pass in ``direction``: fresh memory seeded at the start frame, P = 1."""
+    def begin(self, direction: int) -> PropagationPass:
+        """Start the pass in ``direction`` (fresh memory: its ``seeds``, P = 1) and return it."""
         for candidate in self.passes:
             if candidate.direction == direction:
                 self._current, self._position, self.product = candidate, 0, 1.0
-                return Seed(candidate.seed, direction)
-        raise BAPError(
-            f"mode '{self.config.mode}' from frame {self.start} has no pass in direction {direction}"
-        )
+                return candidate
+        raise BAPError(f"mode '{self.config.mode}' from frame {self.start} has no pass in direction {direction}")
 
-    def after_track(self, frame: int, tracking_score: float) -> ClearAndReseed | Condition | None:
-        """Account for the tracked ``frame`` (S^t = ``tracking_score``) and return the key-frame action, if any.
-
-        Frames must arrive in the order of the current pass.
-        """
+    def _visit(self, frame: int, seeded: bool) -> PropagationPass:
+        """Check that ``frame`` is the current pass's next frame and of the expected kind; advance."""
         current, position = self._current, self._position
         if current is None or position >= len(current.frames):
-            raise BAPError(f"frame {frame} was tracked outside a pass (call begin(direction) first)")
+            raise BAPError(f"frame {frame} was visited outside a pass (call begin(direction) first)")
         if frame != current.frames[position]:
             raise BAPError(
-                f"tracked frame {frame} out of order: the pass in direction {current.direction} "
+                f"frame {frame} visited out of order: the pass in direction {current.direction} "
                 f"expects {current.frames[position]}"
             )
+        if (frame in current.seeds) != seeded:
+            kind = "a seeded key frame, reach it" if frame in current.seeds else "not seeded, track it"
+            raise BAPError(f"frame {frame} is {kind}")
         self._position = position + 1
+        return current
+
+    def after_track(self, frame: int, tracking_score: float) -> None:
+        """Account for the tracked ``frame`` (S^t = ``tracking_score``): P *= S^t."""
+        self._visit(frame, seeded=False)
         self.product *= _check_unit_score("tracking score S^t", frame, tracking_score)
-        if frame not in self.decision_frames:
-            return None
-        if self.config.mode == "forward":
-            return Condition(frame, current.direction)
-        if self.config.mode == "bap" and self.product < self.config.lam * self.key_confidence[frame]:  # Eq. 8
+
+    def reach(self, frame: int) -> bool:
+        """The pass reached the seeded key ``frame`` (its output is its key-frame mask); whether Eq. 8
+        clears the tracked memory there, P < lambda * S^p (P restarts at 1 when it does)."""
+        self._visit(frame, seeded=True)
+        if not self.features.memory_cleaning:
+            return False
+        if self.product < self.config.lam * self.key_confidence[frame]:  # Eq. 8: U_i = 1
             self.product = 1.0
-            return ClearAndReseed(frame, current.direction)
-        return None
+            return True
+        return False
 
 
 def run_propagation(policy: PropagationPolicy, session: PropagationSession) -> list[Action]:
     """Drive ``session`` through every pass of ``policy``; return the actions taken, in order."""
     actions: list[Action] = []
-    for current in policy.passes:
-        seed = policy.begin(current.direction)
-        session.seed(seed.frame, seed.direction)
-        actions.append(seed)
+    for planned in policy.passes:
+        current = policy.begin(planned.direction)
+        for frame in current.seeds:
+            session.seed(frame, current.direction)
+            actions.append(Seed(frame, current.direction))
         for frame in current.frames:
-            score = session.track(frame, current.direction)
-            actions.append(Track(frame, current.direction))
-            update = policy.after_track(frame, score)
-            match update:
-                case ClearAndReseed():
-                    session.clear_and_reseed(frame, current.direction)
-                case Condition():
-                    session.condition(frame, current.direction)
-            if update is not None:
-                actions.append(update)
+            if frame in current.seeds:
+                actions.append(Update(frame, current.direction))
+                if policy.reach(frame):
+                    session.clear(frame, current.direction)
+                    actions.append(Clear(frame, current.direction))
+            else:
+                score = session.track(frame, current.direction)
+                actions.append(Track(frame, current.direction))
+                policy.after_track(frame, score)
     return actions

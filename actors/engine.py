@@ -28,8 +28,8 @@ Choices where the papers leave room (MomentSeg 3.2.1-3.2.3, VRS-HQ, DeSa2VA):
 - The key-frame prediction confidence S^p of Eq. 8 is sigmoid(SAM2 object-score logit) of the mask
   decoded from ``[SEG]`` on that key frame, the same scale as the tracking score S^t
   (sigmoid of the tracked object-score logit, see ``Sam2VideoSession``).
-- The anchor's frame and every re-seeded key frame output the key-frame mask decoded from the prompt; the
-  per-frame score written there is its S^p.
+- The start frame and every key frame a pass reaches with anchor updating output the key-frame mask
+  decoded from the prompt; the per-frame score written there is its S^p (``actors.bap`` for the modes).
 - Decoupled prompts (DeSa2VA): the text- and visual-prompt masks are fused by averaging their logits;
   mask re-prompt feeds the first decoded low-res logits back once as SAM2's dense prompt.
 - TKS (VRS-HQ): the uniform candidates are decoded with the fused ``<TAK>`` prompt; the keyframe with the
@@ -52,9 +52,10 @@ import torch
 import torch.nn.functional as F
 
 from actors import rle as rle_codec
-from actors.bap import BACKWARD, FORWARD, ClearAndReseed, Condition, PropagationConfig, PropagationPolicy
-from actors.decode import FrameChunk, FrameSource, Size, fit_within
+from actors.bap import BACKWARD, FORWARD, PropagationConfig, PropagationPolicy
+from actors.decode import FrameChunk, FrameSource, Size, fit_within, uniform_indices
 from actors.frame_store import StoreFile, frame_store
+from actors.grounding import FIND_THRESHOLD
 from actors.mask_spool import MaskSink, MaskSpool
 from actors.model.sam2_bridge import ImageFeatures, MaskPrediction, Sam2Bridge
 from actors.model.sam2_session import Sam2VideoSession
@@ -63,13 +64,28 @@ from actors.sampling import Sampler, SampleResult, SamplingConfig, make_sampler,
 
 
 @dataclass
-
 class EngineConfig:
     """Per-video inference settings (the ``engine`` section of a labeling config).
 
-    ``lowres_frames``: L uniformly sampled frames for the [FIND] pass; ``lowres_side`` / ``keyframe_side``:
-    longer side of those frames and of the MLLM's key frames; ``chunk_size``: frames per decode chunk of
-    the SAM2 streams (bounds memory); ``mask_threshold``: on mask logits.
+    MomentSeg's inference inputs (4.3, App. B.2, E.1, Table 10) are three separate frame sets, each with its
+    own budget and resolution (the real configs: 100 ``[FIND]`` frames at 64 tokens, 8 key frames at 448 px,
+    temporal tokens off; 50 frames at 16 tokens when turned on):
+
+    - ``lowres_frames`` / ``lowres_side``: the L uniformly sampled frames of the ``[FIND]`` pass and their
+      longer side (224 px = 8 x 8 merged 28-px patches = 64 tokens per frame, App. B.2's TSG pixels);
+    - ``sampling.k`` key frames at ``keyframe_side`` for ``[SEG]``;
+    - ``temporal_tokens``: whether the ``[SEG]`` pass also reads the low-res video (Temporal Token
+      Injecting). MomentSeg trains with them and omits them at inference ("inference without tokens
+      achieves similar performance, so we omit them", Table 10, App. E.1), so the default is off;
+      ``temporal_frames`` / ``temporal_side`` (50 frames at 112 px = 16 tokens) when on. The temporal
+      frames are a uniform subset of the ``[FIND]`` frames (``actors.decode.uniform_indices`` over them)
+      resized to ``temporal_side``, so turning them on decodes nothing more; with more temporal frames than
+      ``[FIND]`` frames, all of these.
+
+    A frame set's token count is the model's business (Qwen2.5-VL's processor caps video frames at
+    ``mllm.video_tokens_per_frame``), so ``PromptStage`` refuses sides the model's cap would shrink.
+    ``find_threshold``: theta of the predicted moment (``actors.grounding``); ``chunk_size``: frames per
+    decode chunk of the SAM2 streams (bounds memory); ``mask_threshold``: on mask logits.
     """
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -77,14 +93,21 @@ class EngineConfig:
     lowres_frames: int = 32
     lowres_side: int = 112
     keyframe_side: int = 448
+    temporal_tokens: bool = False
+    temporal_frames: int = 50
+    temporal_side: int = 112
+    find_threshold: float = FIND_THRESHOLD
     chunk_size: int = 32
     mask_threshold: float = 0.0
     reprompt: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("lowres_frames", "lowres_side", "keyframe_side", "chunk_size"):
+        for name in ("lowres_frames", "lowres_side", "keyframe_side", "temporal_frames", "temporal_side",
+                     "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.find_threshold <= 1.0:
+            raise ValueError(f"engine.find_threshold must be in [0, 1], got {self.find_threshold}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +122,9 @@ class ExpressionLabels:
 
     ``rles``: one COCO RLE per frame at the video's resolution; ``scores`` (T,): per-frame confidence
     (S^t where tracked, S^p where the key-frame mask was used); ``relevance`` (T,): the [FIND] logits;
-    ``sampled`` / ``key_frames`` / ``anchor``: the sampler's output; ``reseeded``: frames where BAP
-    cleared memory and re-seeded (Eq. 8), or added a conditioning frame (forward mode).
+    ``sampled`` / ``key_frames``: the sampler's output; ``anchor``: where propagation started (the
+    sampler's anchor, or the first key frame); ``cleared``: key frames where Eq. 8 cleared the tracked
+    memory (``actors.bap``).
     """
 
     expr_id: str
@@ -110,7 +134,7 @@ class ExpressionLabels:
     sampled: list[int]
     key_frames: list[int]
     anchor: int
-    reseeded: list[int]
+    cleared: list[int]
 
 
 @dataclass
@@ -157,7 +181,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 class StreamedFrames:
     """A frame source for one propagation pass: frames come from the source's chunked stream at
-    ``source_size`` in the pass's order, resized to ``size``, with a few frames (the anchors, needed to
+    ``source_size`` in the pass's order, resized to ``size``, with a few frames (the key frames, needed to
     seed objects before the stream reaches them) served from memory."""
 
     def __init__(self, source: FrameSource, start: int, direction: int, source_size: Size, size: Size,
@@ -213,9 +237,10 @@ def key_frame_union(samples: Sequence[SampleResult]) -> np.ndarray:
     return np.unique(np.concatenate([s.indices for s in samples]))
 
 
-def sample_expressions(sampler: Sampler, relevance: np.ndarray, k: int) -> list[SampleResult]:
-    """The sampler applied to each expression's (T,) relevance curve."""
-    return [sampler.sample(curve, k) for curve in relevance]
+def sample_expressions(sampler: Sampler, relevance: np.ndarray, k: int, find_frames: int) -> list[SampleResult]:
+    """The sampler applied to each expression's (T,) relevance curve, scored by ``[FIND]`` on
+    ``find_frames`` frames: each stands for T / L video frames, the unit of MCS's window and smoothing."""
+    return [sampler.sample(curve, k, stride=relevance.shape[1] / find_frames) for curve in relevance]
 
 
 def split_prompts(batch: SegPrompts) -> list[SegPrompts]:
@@ -227,10 +252,36 @@ def split_prompts(batch: SegPrompts) -> list[SegPrompts]:
     ]
 
 
+def check_video_tokens(config: EngineConfig, mllm: SegMLLM) -> None:
+    """The ``[FIND]`` frames (and temporal-token frames, when on) must not exceed the model's tokens per
+    video frame, or its processor would shrink them silently: a square frame of side s gives
+    round(s / (patch * merge))^2 tokens (Qwen2.5-VL's resize rounds sides to multiples of 28 px)."""
+    unit, cap = mllm.patch_size * mllm.merge_size, mllm.config.video_tokens_per_frame
+    sides = {"lowres_side": config.lowres_side}
+    if config.temporal_tokens:
+        sides["temporal_side"] = config.temporal_side
+    for name, side in sides.items():
+        tokens = round(side / unit) ** 2
+        if tokens > cap:
+            raise ValueError(
+                f"engine.{name}={side} makes {tokens} tokens per frame but the model caps video frames at "
+                f"mllm.video_tokens_per_frame={cap}: raise it (model.inference of the labeling config) "
+                f"or lower engine.{name}"
+            )
+
+
+def subsample(frames: FrameChunk, count: int, side: int) -> FrameChunk:
+    """``count`` of ``frames`` (``actors.decode.uniform_indices`` over them), longer side at most ``side``."""
+    rows = uniform_indices(len(frames.indices), count)
+    height, width = frames.frames.shape[1:3]
+    return FrameChunk(frames.indices[rows], resize_frames(frames.frames[rows], fit_within(height, width, side)))
+
+
 class PromptStage:
     """The MLLM half of the engine (what an ``MLLMWorker`` runs): ``[FIND]`` relevance and ``[SEG]`` prompts."""
 
     def __init__(self, mllm: SegMLLM, config: EngineConfig) -> None:
+        check_video_tokens(config, mllm)
         self.mllm = mllm.eval()
         self.config = config
 
@@ -243,22 +294,27 @@ class PromptStage:
 
     @torch.inference_mode()
     def prompts(self, samples: Sequence[SampleResult], texts: Sequence[str], key_frames: KeyFrames,
-                lowres: np.ndarray, fps: float | None = None) -> list[SegPrompts]:
+                lowres: FrameChunk, num_frames: int, fps: float | None = None) -> list[SegPrompts]:
         """One ``SegPrompts`` (batch of one) per expression; expressions with equal frames share a call.
 
-        ``key_frames`` at the MLLM's key-frame size; ``lowres`` the low-res context video (for
-        Sparse-Dense, the sparse frames taken from ``key_frames`` replace it).
+        ``key_frames`` at the MLLM's key-frame size; ``lowres`` the ``[FIND]`` frames, whose subset is the
+        temporal-token video when ``temporal_tokens`` is on (for Sparse-Dense, the sparse frames taken from
+        ``key_frames`` are the context video instead). A context video is given its own frame rate,
+        ``fps`` x its frames / ``num_frames``, as the ``[FIND]`` pass is.
         """
+        temporal = (subsample(lowres, self.config.temporal_frames, self.config.temporal_side).frames
+                    if self.config.temporal_tokens else None)
         groups: dict[tuple[int, ...], list[int]] = {}
         for e, sample in enumerate(samples):
             groups.setdefault(tuple(sample.key_frames.tolist()), []).append(e)
         out: list[SegPrompts | None] = [None] * len(samples)
         for frames, members in groups.items():
-            context = lowres
+            context = temporal
             if self.config.sampling.method == "sparse_dense":
                 context = key_frames.take(samples[members[0]].indices.tolist())
+            context_fps = fps * len(context) / num_frames if fps and context is not None else None
             batch = self.mllm.seg_prompts(key_frames.take(frames), [texts[e] for e in members],
-                                          lowres_video=context, fps=fps)
+                                          lowres_video=context, fps=context_fps)
             for e, prompts in zip(members, split_prompts(batch), strict=True):
                 out[e] = prompts
         return out  # type: ignore[return-value]
@@ -278,7 +334,7 @@ class ExpressionMasks:
 
     anchor: int
     key_frames: list[int]
-    reseeded: list[int]
+    cleared: list[int]
 
 
 class MaskStage:
@@ -301,8 +357,8 @@ class MaskStage:
                 key_frames: KeyFrames, sink: MaskSink) -> list[ExpressionMasks]:
         """Masks for every frame of every expression, handed to ``sink`` as they become final.
 
-        ``source`` serves frames at ``source_size`` (read by random access for the anchors and streamed in
-        both directions: a ``frame_store``); ``key_frames`` are at ``source_size`` too.
+        ``source`` serves frames at ``source_size`` (streamed in both directions: a ``frame_store``);
+        ``key_frames`` are at ``source_size`` too.
         """
         samples = list(samples)
         source_size = self.source_size(source.height, source.width)
@@ -310,10 +366,15 @@ class MaskStage:
         if self.config.sampling.method == "tks":
             samples = self._select_keyframes(samples, prompts, key_frames)
         key_masks = self._key_masks(samples, prompts, key_frames)
-        anchors = [int(s.anchor) if s.anchor is not None else int(s.key_frames[0]) for s in samples]
-        preloaded = dict(zip(sorted(set(anchors)), key_frames.take(sorted(set(anchors))), strict=True))
-        reseeded = self._propagate(source, source_size, samples, anchors, key_masks, preloaded, sink)
-        return [ExpressionMasks(anchors[e], samples[e].key_frames.tolist(), reseeded[e]) for e in range(len(samples))]
+        policies = [
+            PropagationPolicy(source.num_frames, s.key_frames.tolist(), s.anchor, key_masks[e].confidence,
+                              self.config.propagation)
+            for e, s in enumerate(samples)
+        ]
+        preloaded = dict(zip(key_frames.indices.tolist(), key_frames.frames, strict=True))
+        cleared = self._propagate(source, source_size, policies, key_masks, preloaded, sink)
+        return [ExpressionMasks(policies[e].start, samples[e].key_frames.tolist(), cleared[e])
+                for e in range(len(samples))]
 
     # ------------------------------------------------------------------ key-frame masks
     def _decode(self, features: ImageFeatures, prompts: SegPrompts) -> MaskPrediction:
@@ -374,19 +435,14 @@ class MaskStage:
         return selected
 
     # ------------------------------------------------------------------ propagation (BAP)
-    def _propagate(self, source: FrameSource, source_size: Size, samples: list[SampleResult], anchors: list[int],
+    def _propagate(self, source: FrameSource, source_size: Size, policies: list[PropagationPolicy],
                    key_masks: list[_KeyMasks], preloaded: dict[int, np.ndarray], sink: MaskSink,
                    ) -> list[list[int]]:
-        """Drive one ``PropagationPolicy`` per expression in lock-step over a shared multi-object session;
-        returns each expression's re-seeded frames."""
+        """Drive one ``PropagationPolicy`` per expression in lock-step over a shared multi-object session
+        per direction; returns each expression's key frames where Eq. 8 cleared memory."""
         num_frames = source.num_frames
-        policies = [
-            PropagationPolicy(num_frames, s.key_frames.tolist(), anchors[e], key_masks[e].confidence,
-                              self.config.propagation)
-            for e, s in enumerate(samples)
-        ]
-        done = np.zeros((len(samples), num_frames), dtype=bool)
-        reseeded: list[list[int]] = [[] for _ in samples]
+        done = np.zeros((len(policies), num_frames), dtype=bool)
+        cleared: list[list[int]] = [[] for _ in policies]
         to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
 
         def emit(e: int, frame: int, rle: rle_codec.RLE, score: float) -> None:
@@ -396,46 +452,50 @@ class MaskStage:
         def use_key_mask(e: int, frame: int) -> None:
             emit(e, frame, to_rle.from_mask(key_masks[e].masks[frame]), key_masks[e].confidence[frame])
 
+        for e, policy in enumerate(policies):
+            for frame in policy.unlabeled:  # before a one-way pass's start: no mask, as SAM2 leaves them
+                emit(e, frame, to_rle.empty(), 0.0)
         for direction in (FORWARD, BACKWARD):
             members = [e for e, p in enumerate(policies) if any(q.direction == direction for q in p.passes)]
             if not members:
                 continue
-            starts = {e: policies[e].begin(direction).frame for e in members}
+            passes = {e: policies[e].begin(direction) for e in members}
+            starts = {e: p.start for e, p in passes.items()}
             start = min(starts.values()) if direction == FORWARD else max(starts.values())
             frames = StreamedFrames(source, start, direction, source_size, self.frame_size, self.config.chunk_size,
                                     preloaded)
             session = Sam2VideoSession(self.sam2, frames, num_frames, mask_size=(source.height, source.width))
-            for seed_frame in sorted(set(starts.values())):
-                session.add_masks(seed_frame, {e: key_masks[e].masks[f] for e, f in starts.items() if f == seed_frame})
+            seeds: dict[int, dict[int, np.ndarray]] = {}
+            for e, planned in passes.items():
+                for frame in planned.seeds:
+                    seeds.setdefault(frame, {})[e] = key_masks[e].masks[frame]
+            for frame in sorted(seeds):  # every conditioning frame of the pass, before it starts
+                session.add_masks(frame, seeds[frame])
             for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):
                 frame = result.frame_idx
-                reseeds: dict[int, np.ndarray] = {}
                 tracked: list[tuple[int, int, float]] = []  # (expression, row in result, score)
                 for i, e in enumerate(result.obj_ids):
                     if frame == starts[e]:
                         if direction == FORWARD:
                             use_key_mask(e, frame)
-                        continue
-                    score = float(result.object_scores[i])
-                    action = policies[e].after_track(frame, score)
-                    if isinstance(action, ClearAndReseed | Condition):
-                        if isinstance(action, ClearAndReseed):
-                            session.clear(e, keep_seeds=False)
-                        reseeds[e] = key_masks[e].masks[frame]
-                        reseeded[e].append(frame)
+                    elif frame in passes[e].seeds:  # anchor updating: the key-frame mask is the output
+                        if policies[e].reach(frame):  # Eq. 8
+                            session.clear(e, keep_seeds=True)
+                            cleared[e].append(frame)
                         use_key_mask(e, frame)
                     else:
+                        score = float(result.object_scores[i])
+                        policies[e].after_track(frame, score)
                         tracked.append((e, i, score))
                 if tracked:
                     rles = to_rle.from_logits(result.mask_logits[[i for _, i, _ in tracked]])
                     for (e, _, score), rle in zip(tracked, rles, strict=True):
                         emit(e, frame, rle, score)
-                session.add_masks(frame, reseeds)  # one batch for every object re-seeded on this frame
-        for e in range(len(samples)):
+        for e in range(len(policies)):
             missing = np.flatnonzero(~done[e])
             if missing.size:
                 raise RuntimeError(f"propagation left frames {missing[:10].tolist()} of expression {e} without a mask")
-        return [sorted(frames) for frames in reseeded]
+        return [sorted(frames) for frames in cleared]
 
 
 def require_tda_for_tks(config: EngineConfig, mllm: SegMLLM) -> None:
@@ -466,7 +526,7 @@ class VideoLabeler:
         with timer.stage("find"):
             relevance = self.prompt_stage.relevance(lowres, texts, num_frames, source.fps)
         with timer.stage("sample"):
-            samples = sample_expressions(self.sampler, relevance, config.sampling.k)
+            samples = sample_expressions(self.sampler, relevance, config.sampling.k, len(lowres.indices))
         with ExitStack() as stack:
             with timer.stage("decode_keyframes"):
                 union = key_frame_union(samples)
@@ -475,7 +535,7 @@ class VideoLabeler:
                 decoded = KeyFrames(union, frames.get(union, source_size))
             with timer.stage("seg"):
                 mllm_frames = decoded.resized(fit_within(height, width, config.keyframe_side))
-                prompts = self.prompt_stage.prompts(samples, texts, mllm_frames, lowres.frames, source.fps)
+                prompts = self.prompt_stage.prompts(samples, texts, mllm_frames, lowres, num_frames, source.fps)
             spool = stack.enter_context(MaskSpool(len(queries), num_frames))
             with timer.stage("segment"):
                 masks = self.mask_stage.segment(frames, samples, prompts, decoded, spool)
@@ -490,7 +550,7 @@ class VideoLabeler:
                 sampled=sample.indices.tolist(),
                 key_frames=out.key_frames,
                 anchor=out.anchor,
-                reseeded=out.reseeded,
+                cleared=out.cleared,
             )
             for e, (query, sample, out) in enumerate(zip(queries, samples, masks, strict=True))
         ]
@@ -512,3 +572,7 @@ class _MaskWriter:
     def from_mask(self, mask: np.ndarray) -> rle_codec.RLE:
         logits = torch.from_numpy(mask.astype(np.float32) * 2.0 - 1.0)
         return self.from_logits(logits[None])[0]
+
+    def empty(self) -> rle_codec.RLE:
+        """The RLE of a mask without any pixel."""
+        return rle_codec.encode(np.zeros(self.size, dtype=bool))

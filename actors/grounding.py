@@ -4,12 +4,19 @@ MomentSeg (3.2.1, Appendix E.4) scores every frame with sigma(l_j), the sigmoid 
 l_j = cos / tau (Eq. 5), and keeps the frames whose probability reaches the post-processing threshold
 theta = 0.4 (Table 21: the best balance of recall and precision on Charades-STA and ActivityNet). The
 paper does not say how a (start, end) is read off the kept frames when they do not form one interval,
-nor what happens when no frame reaches theta; ``predict_moment`` documents the choices made here.
+nor what happens when no frame reaches theta; ``predict_moment`` documents the choices made here. (The
+authors' code, ``find_longest_left_right_index``, keeps the longest run above theta of a curve smoothed
+with sigma = 1 and falls back to the whole video; here the curve is used as scored and the run with the
+most probability mass wins, see ``predict_moment``.)
+
+``ground_expressions`` is what labeling and ``vrseg ground`` write per expression: the moment and the
+compact curve it was read from.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,3 +61,36 @@ def predict_moment(relevance_logits: np.ndarray, fps: float, threshold: float = 
     mass = [probabilities[a:b].sum() for a, b in zip(starts, stops, strict=True)]
     best = int(np.argmax(mass))
     return int(starts[best]) / fps, int(stops[best]) / fps
+
+
+CURVE_DECIMALS = 4  # of the compact curve's probabilities
+
+
+@dataclass(frozen=True)
+class ExpressionMoment:
+    """One expression's predicted moment (seconds) and its compact ``[FIND]`` curve: ``find_scores`` =
+    sigma(l) at the ``find_frames`` ``[FIND]`` scored (rounded to ``CURVE_DECIMALS``), from which the
+    per-frame curve is the linear interpolation (``actors.engine.interpolate_relevance``)."""
+
+    start: float
+    end: float
+    find_frames: list[int]
+    find_scores: list[float]
+
+
+def ground_expressions(relevance_logits: np.ndarray, find_frames: np.ndarray, fps: float,
+                       threshold: float = FIND_THRESHOLD) -> list[ExpressionMoment]:
+    """Per row of the (E, T) ``[FIND]`` logit curves over every frame (interpolated from the frames
+    ``find_frames``, where they equal the scored logits): ``predict_moment`` on the whole curve, and the
+    curve's probabilities at ``find_frames``."""
+    curves = np.asarray(relevance_logits, dtype=np.float64)
+    frames = np.asarray(find_frames, dtype=np.int64)
+    if curves.ndim != 2 or frames.ndim != 1 or frames.size == 0 or frames.min() < 0 or frames.max() >= curves.shape[1]:
+        raise ValueError(f"need (E, T) curves and [FIND] frames within 0..T-1, got shapes {curves.shape} "
+                         f"and {frames.tolist()[:10]}")
+    out = []
+    for curve in curves:
+        start, end = predict_moment(curve, fps, threshold)
+        scores = np.round(find_probabilities(curve[frames]), CURVE_DECIMALS)
+        out.append(ExpressionMoment(start, end, frames.tolist(), scores.tolist()))
+    return out

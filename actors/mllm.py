@@ -2,9 +2,10 @@
 
 ``MLLMWorker`` (GPU pool on a cluster) receives the low-res frames from ``actors.frames.LowresDecoder``,
 loads the model once, then per video: ``[FIND]`` relevance over every frame with the video prefix shared by
-all expressions (step 3), the sampler inline (step 4), the union of key frames decoded by random access at
-the key-frame size, and ``[SEG]`` prompts (step 5). It passes on only the samples, the relevance curves
-and the prompt embeddings (numpy); the ``Propagator`` re-opens the video for its own frames.
+all expressions (step 3) and the moment it predicts (``actors.grounding``), the sampler inline (step 4),
+the union of key frames decoded by random access at the key-frame size, and ``[SEG]`` prompts (step 5).
+It passes on only the samples, the relevance curves, the moments and the prompt embeddings (numpy); the
+``Propagator`` re-opens the video for its own frames.
 
 The sizes are those of ``actors.engine.VideoLabeler.label``: key frames are decoded at the engine's
 ``source_size`` (SAM2's input size, or larger where the key frames need it) and resized for the MLLM, so the
@@ -35,6 +36,7 @@ from actors.engine import (
     source_size,
 )
 from actors.frames import open_source
+from actors.grounding import ExpressionMoment, ground_expressions
 from actors.model.checkpoints import build_model
 from actors.model.config import ModelConfig
 from actors.model.segmllm import SegMLLM, SegModel, SegPrompts
@@ -61,11 +63,12 @@ def inference_device() -> torch.device:
 
 @dataclass
 class VideoPrompts:
-    """``MLLMWorker``'s output: per expression its sample, ``[FIND]`` curve (T,) and SAM2 prompts."""
+    """``MLLMWorker``'s output: per expression its sample, ``[FIND]`` curve (T,), moment and SAM2 prompts."""
 
     num_frames: int
     samples: list[SampleResult]
     relevance: np.ndarray  # (E, T) float32
+    moments: list[ExpressionMoment]
     prompts: list[dict[str, np.ndarray]]  # SegPrompts fields (batch of one) as numpy, None fields left out
 
     def seg_prompts(self, device: torch.device) -> list[SegPrompts]:
@@ -87,15 +90,16 @@ class VideoPrompter:
 
     def prompts(self, lowres: LowresVideo, texts: list[str], frames: FrameSource) -> VideoPrompts:
         """``frames``: the video, read at the engine's ``source_size`` for the key frames."""
-        relevance = self.stage.relevance(FrameChunk(lowres.indices, lowres.frames), texts, lowres.num_frames,
-                                         lowres.fps)
-        samples = sample_expressions(self.sampler, relevance, self.engine.sampling.k)
+        find_frames = FrameChunk(lowres.indices, lowres.frames)
+        relevance = self.stage.relevance(find_frames, texts, lowres.num_frames, lowres.fps)
+        moments = ground_expressions(relevance, lowres.indices, lowres.fps, self.engine.find_threshold)
+        samples = sample_expressions(self.sampler, relevance, self.engine.sampling.k, len(lowres.indices))
         union = key_frame_union(samples)
         height, width = lowres.height, lowres.width
         decoded = KeyFrames(union, frames.get(union, source_size(self.engine, self.sam2_image_size, height, width)))
         mllm_frames = decoded.resized(fit_within(height, width, self.engine.keyframe_side))
-        prompts = self.stage.prompts(samples, texts, mllm_frames, lowres.frames, lowres.fps)
-        return VideoPrompts(lowres.num_frames, samples, relevance.astype(np.float32),
+        prompts = self.stage.prompts(samples, texts, mllm_frames, find_frames, lowres.num_frames, lowres.fps)
+        return VideoPrompts(lowres.num_frames, samples, relevance.astype(np.float32), moments,
                             [_prompts_to_numpy(p) for p in prompts])
 
 

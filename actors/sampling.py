@@ -19,10 +19,19 @@ Relevance preprocessing (shared by ``topk``, ``nearbyk`` and ``mcs`` so that the
 selection rule): the curve must be non-negative before it is a distribution. The ``[FIND]`` loss
 (MomentSeg Eq. 5) scores a frame by sigmoid(cos / tau), so with ``relevance="logits"`` (the default: the
 curve holds cos / tau) we apply the sigmoid; with ``relevance="probabilities"`` values are used as given
-and must be >= 0. Then Gaussian smoothing with standard deviation ``sigma`` frames (``sigma=0``: none;
-edges replicate the end values). A curve whose smoothed values are all zero or equal within
-``flat_tolerance`` (relative to its maximum) carries no information: these samplers then return the
-``uniform`` frames, anchored at the middle sample ``indices[(K-1)//2]``.
+and must be >= 0. Then Gaussian smoothing with standard deviation ``sigma`` (``sigma=0``: none; edges
+replicate the end values). A curve whose smoothed values are all zero or equal within ``flat_tolerance``
+(relative to its maximum) carries no information: these samplers then return the ``uniform`` frames,
+anchored at the middle sample ``indices[(K-1)//2]``.
+
+Units: the curve covers all T frames, but ``[FIND]`` scored only L of them (the engine interpolates the
+rest), so the smoothing ``sigma`` and MCS's window ``w`` (Eq. 6) are given in ``[FIND]``-frame units and
+multiplied by ``stride`` = T / L, the video frames one ``[FIND]`` frame stands for (``sample``'s argument;
+1 when the curve is scored frame by frame). A window then covers the same share of the ``[FIND]`` pass,
+and its meaning does not change with the video's length. The authors' code (Dmmm1997/MomentSeg,
+``find_start_end_FIND``) smooths with sigma = 1 and searches a window of 5 on the curve it interpolates to
+the video's frames; its ``[FIND]`` pass sees every frame of videos up to 101 frames, where the two units
+agree, which is where the defaults (w = 5, sigma = 1) come from.
 
 Degenerate inputs: T <= K returns every frame (the anchor is still the method's own); NaN or infinite
 relevance, an empty curve, k < 1 and negative lengths raise ``SamplingError`` naming the input.
@@ -50,12 +59,13 @@ class SamplingError(ValueError):
 
 @dataclass
 class SamplingConfig:
-    """Which sampler, and its parameters (units are frames of the full-length video)."""
+    """Which sampler, and its parameters (``k`` and ``dense`` count video frames; ``window`` and ``sigma``
+    are in ``[FIND]``-frame units, see the module docstring)."""
 
     method: str = "mcs"
     k: int = 8  # frame budget K (MomentSeg inference uses 8 video frames); T_sparse for sparse_dense
-    window: int = 16  # w of Eq. 6; clipped to T for shorter videos
-    sigma: float = 2.0  # Gaussian smoothing std of the relevance curve; 0 disables smoothing
+    window: int = 5  # w of Eq. 6 in [FIND] frames (the authors' code: 5); clipped to T for shorter videos
+    sigma: float = 1.0  # Gaussian smoothing std in [FIND] frames (the authors' code: 1); 0 disables smoothing
     relevance: str = "logits"  # "logits" (cos / tau, sigmoid applied) or "probabilities" (>= 0, as is)
     dense: int = 4  # T_dense for sparse_dense (VideoLISA uses T_sparse = 32, T_dense = 4)
     flat_tolerance: float = 1e-6  # (max - min) <= tol * max counts as a flat curve
@@ -118,11 +128,13 @@ class SampleResult:
 
 
 class Sampler(Protocol):
-    """``uses_relevance`` False means only the curve's length matters (the engine may pass zeros)."""
+    """``uses_relevance`` False means only the curve's length matters (the engine may pass zeros).
+
+    ``stride``: video frames per ``[FIND]`` frame (T / L), the unit of ``window`` and ``sigma``."""
 
     uses_relevance: bool
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult: ...
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult: ...
 
 
 def check_request(relevance: np.ndarray, k: int) -> int:
@@ -144,8 +156,23 @@ def check_request(relevance: np.ndarray, k: int) -> int:
     return int(curve.size)
 
 
+def check_stride(stride: float) -> float:
+    """``stride`` (video frames per ``[FIND]`` frame) as a float; ``SamplingError`` unless finite and > 0."""
+    if isinstance(stride, bool) or not isinstance(stride, int | float | np.integer | np.floating):
+        raise SamplingError(f"stride (video frames per [FIND] frame) must be a number, got {stride!r}")
+    if not (math.isfinite(stride) and stride > 0):
+        raise SamplingError(f"stride (video frames per [FIND] frame) must be finite and > 0, got {stride}")
+    return float(stride)
+
+
+def window_frames(window: int, stride: float) -> int:
+    """A window of ``window`` ``[FIND]`` frames in video frames: floor(window * stride + 0.5), at least 1."""
+    return max(1, math.floor(window * check_stride(stride) + 0.5))
+
+
 def relevance_distribution(relevance: np.ndarray, kind: str, sigma: float) -> np.ndarray:
-    """Non-negative, smoothed relevance S (float64, shape (T,)): sigmoid for logits, then Gaussian(sigma)."""
+    """Non-negative, smoothed relevance S (float64, shape (T,)): sigmoid for logits, then Gaussian(sigma),
+    ``sigma`` in video frames."""
     values = np.asarray(relevance, dtype=np.float64)
     if kind == "logits":
         probabilities = expit(values)
@@ -189,18 +216,23 @@ def _uniform_fallback(num_frames: int, k: int) -> SampleResult:
     return SampleResult(indices, anchor=int(indices[(indices.size - 1) // 2]))
 
 
-def moment_center(distribution: np.ndarray, window: int) -> tuple[int, int]:
-    """Eq. 6: (i*, c*) with i* the start of the w-frame window of largest summed S; c* = i* + floor(w/2).
+def moment_center(distribution: np.ndarray, window: int) -> int:
+    """Eq. 6: the anchor c* = i* + floor(w/2), i* the start of the w-frame window of largest summed S.
 
-    ``window`` is clipped to T. Ties go to the earliest window; sums within ``TIE_TOLERANCE`` times the
-    total mass of the best one count as ties, so float rounding of the running sums cannot reorder them.
+    ``window`` (video frames) is clipped to T. Sums within ``TIE_TOLERANCE`` times the total mass of the
+    best one are ties, so float rounding of the running sums cannot reorder them. Eq. 6's argmax is not
+    unique on a plateau (a stretch of equal relevance longer than w, e.g. a saturated ``[FIND]`` curve):
+    there i* is the middle of the run of consecutive tied starts, floor((first + last) / 2), so c* lands
+    on the plateau's centre rather than near its first frame; of several separate runs of ties, the
+    earliest. Without ties this is Eq. 6 as written.
     """
     w = min(window, distribution.size)
     cumulative = np.concatenate(([0.0], np.cumsum(distribution)))
     window_sums = cumulative[w:] - cumulative[:-w]  # (T - w + 1,): sum of S[i : i + w]
-    best = window_sums.max()
-    start = int(np.flatnonzero(window_sums >= best - TIE_TOLERANCE * cumulative[-1])[0])
-    return start, start + w // 2
+    tied = window_sums >= window_sums.max() - TIE_TOLERANCE * cumulative[-1]
+    first = int(np.argmax(tied))
+    last = first + int(np.argmin(np.append(tied[first:], False))) - 1  # the run of tied starts from ``first``
+    return (first + last) // 2 + w // 2
 
 
 def split_budget(
@@ -267,11 +299,12 @@ class RelevancePrep:
     """Shared preprocessing of the relevance-based samplers (see module docstring)."""
 
     kind: str = "logits"
-    sigma: float = 2.0
+    sigma: float = 1.0
     flat_tolerance: float = 1e-6
 
-    def distribution(self, relevance: np.ndarray) -> np.ndarray:
-        return relevance_distribution(relevance, self.kind, self.sigma)
+    def distribution(self, relevance: np.ndarray, stride: float) -> np.ndarray:
+        """S with ``sigma`` taken in ``[FIND]`` frames (``stride`` video frames each)."""
+        return relevance_distribution(relevance, self.kind, self.sigma * check_stride(stride))
 
     def is_flat(self, distribution: np.ndarray) -> bool:
         return is_flat(distribution, self.flat_tolerance)
@@ -283,7 +316,7 @@ class FirstK:
 
     uses_relevance: bool = False
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         num_frames = check_request(relevance, k)
         return SampleResult(np.arange(min(k, num_frames), dtype=np.int64), anchor=None)
 
@@ -294,7 +327,7 @@ class Uniform:
 
     uses_relevance: bool = False
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         return SampleResult(uniform_indices(check_request(relevance, k), k), anchor=None)
 
 
@@ -308,9 +341,9 @@ class TopK:
     prep: RelevancePrep = RelevancePrep()
     uses_relevance: bool = True
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         num_frames = check_request(relevance, k)
-        scores = self.prep.distribution(relevance)
+        scores = self.prep.distribution(relevance, stride)
         if self.prep.is_flat(scores):
             return _uniform_fallback(num_frames, k)
         order = np.argsort(-scores, kind="stable")
@@ -328,9 +361,9 @@ class NearbyK:
     prep: RelevancePrep = RelevancePrep()
     uses_relevance: bool = True
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         num_frames = check_request(relevance, k)
-        scores = self.prep.distribution(relevance)
+        scores = self.prep.distribution(relevance, stride)
         if self.prep.is_flat(scores):
             return _uniform_fallback(num_frames, k)
         peak = int(np.argmax(scores))
@@ -344,7 +377,9 @@ class MomentCentric:
     """MomentSeg MCS (3.2.2, Eq. 6-7, Alg. 1).
 
     1. S = smoothed non-negative relevance (``RelevancePrep``).
-    2. Eq. 6: i* = start of the ``window``-frame window of largest summed S, anchor c* = i* + floor(w/2).
+    2. Eq. 6 (``moment_center``): i* = start of the window of w = ``window`` ``[FIND]`` frames
+       (``window_frames``: ``window * stride`` video frames) of largest summed S, anchor c* = i* + floor(w/2),
+       centred on a plateau of tied windows.
     3. Masses w_L = sum S[0 : c*], w_R = sum S[c*+1 : T] (c* itself belongs to neither side).
     4. ``split_budget``: the other K-1 samples go left/right in proportion to w_L : w_R.
     5. Eq. 7 ``inverse_cdf`` on each side at quantiles (m - 0.5)/k, repeats resolved by
@@ -352,17 +387,17 @@ class MomentCentric:
     """
 
     prep: RelevancePrep = RelevancePrep()
-    window: int = 16
+    window: int = 5
     uses_relevance: bool = True
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         num_frames = check_request(relevance, k)
         if self.window < 1:
             raise SamplingError(f"MCS window must be >= 1 frame, got {self.window}")
-        scores = self.prep.distribution(relevance)
+        scores = self.prep.distribution(relevance, stride)
         if self.prep.is_flat(scores):
             return _uniform_fallback(num_frames, k)
-        _, center = moment_center(scores, self.window)
+        center = moment_center(scores, window_frames(self.window, stride))
         if num_frames <= k:
             return SampleResult(np.arange(num_frames, dtype=np.int64), anchor=center)
         left, right = scores[:center], scores[center + 1 :]
@@ -383,7 +418,7 @@ class SparseDense:
     dense: int = 4
     uses_relevance: bool = False
 
-    def sample(self, relevance: np.ndarray, k: int) -> SampleResult:
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
         num_frames = check_request(relevance, k)
         if self.dense < 1:
             raise SamplingError(f"sparse_dense needs dense >= 1, got {self.dense}")

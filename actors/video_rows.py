@@ -22,11 +22,12 @@ import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from actors.grounding import ExpressionMoment
 from actors.uri import redact
 
 VIDEO_ROW_SCHEMA = pa.schema([
@@ -87,14 +88,35 @@ class LowresVideo:
     frames: np.ndarray  # (L, h, w, 3) uint8
 
 
+class VideoOutput(Protocol):
+    """A last model stage's payload for one video: the files already written (the output writer's records)
+    and what its commit marker records besides them."""
+
+    num_frames: int
+    files: list[Any]
+
+    @property
+    def num_expressions(self) -> int: ...
+
+    def commit_extra(self) -> dict[str, Any]: ...
+
+
+def moment_record(expr_id: str, moment: ExpressionMoment) -> dict[str, Any]:
+    """An expression's moment in a commit marker: ``moment`` [start, end] seconds and the compact curve."""
+    return {"expr_id": expr_id, "moment": [moment.start, moment.end], "find_frames": moment.find_frames,
+            "find_scores": moment.find_scores}
+
+
 @dataclass
 class ExpressionTrack:
-    """What one expression's propagation did (its masks are in the video's mask files)."""
+    """What one expression's propagation did (its masks are in the video's mask files): where it started,
+    its key frames, the key frames where Eq. 8 cleared memory, and its predicted moment."""
 
     expr_id: str
     anchor: int
     key_frames: list[int]
-    reseeded: list[int]
+    cleared: list[int]
+    moment: ExpressionMoment
 
 
 @dataclass
@@ -108,6 +130,38 @@ class VideoMasks:
     width: int
     tracks: list[ExpressionTrack]
     files: list[Any]
+
+    @property
+    def num_expressions(self) -> int:
+        return len(self.tracks)
+
+    def commit_extra(self) -> dict[str, Any]:
+        return {
+            "num_frames": self.num_frames, "fps": self.fps, "height": self.height, "width": self.width,
+            "expressions": [
+                {**moment_record(t.expr_id, t.moment), "anchor": t.anchor, "key_frames": t.key_frames,
+                 "cleared": t.cleared}
+                for t in self.tracks
+            ],
+        }
+
+
+@dataclass
+class VideoMoments:
+    """``Grounder``'s payload for one video: each query's moment (``vrseg ground`` writes no files)."""
+
+    num_frames: int
+    fps: float
+    moments: list[tuple[str, ExpressionMoment]]  # (expr_id, moment) in query order
+    files: list[Any] = field(default_factory=list)
+
+    @property
+    def num_expressions(self) -> int:
+        return len(self.moments)
+
+    def commit_extra(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "fps": self.fps,
+                "expressions": [moment_record(expr_id, moment) for expr_id, moment in self.moments]}
 
 
 @dataclass(frozen=True)

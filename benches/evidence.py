@@ -21,16 +21,16 @@ Measured with the model and engine settings of ``--config`` (default ``configs/l
 - Sampler ablation (MomentSeg Table 8) on the late-target expressions (``late`` in ``ground_truth.jsonl``):
   mcs, nearbyk, topk, uniform, firstk, with the config's propagation mode.
 - Propagation ablation (Table 9) on every expression: ``--modes``, each ``MODE`` or ``MODE:SAMPLER``
-  (the config's sampler when none is given), listed in their expected increasing order. ``forward``
-  (Sa2VA) seeds at frame 0, which must be a key frame, so its default row samples ``uniform``; the
-  other modes start at the sampler's anchor, which MCS provides.
+  (the config's sampler when none is given), listed in their expected increasing order; by default
+  Table 9's rows with the config's sampler (``actors.bap.TABLE9_ROWS``: ``forward``, ``anchor_updating``,
+  ``memory_cleaning``, ``bap``). The one-way rows start at the first key frame and leave the frames
+  before it empty, as SAM2's forward propagation does; ``bap`` starts at the sampler's anchor.
 - ``--compare-config``: a second labeling config (e.g. a RefVOS-only model) whose RefVOS J&F and TSG
   R@0.5 are printed beside the main one (Table 11).
 
 Every row varies only ``engine.sampling.method`` and ``engine.propagation.mode`` of the config, on the
 same network. A row is labeled once per (sampler, mode) and expression: rows that share a configuration
-(the main config, ``mcs`` in the sampler ablation, ``bap`` in the propagation ablation, the baseline and
-``forward:uniform``) reuse its labels.
+(the main config, ``mcs`` in the sampler ablation, ``bap`` in the propagation ablation) reuse its labels.
 
 Labeling runs in this process on ``VideoLabeler`` with the config's network (``load_inference_model``)
 and decoder settings, over the split's mp4s: ``vrseg label`` runs the same engine stages on the same
@@ -40,8 +40,9 @@ dropped, so memory does not grow with the split.
 
 Targets: RefVOS J&F >= 0.75 overall and >= 0.85 on static expressions, TSG R@0.5 >= 0.7, the sampler order
 MCS > NearbyK/TopK > Uniform > FirstK and J&F increasing along ``--modes``. ``ratio`` = J&F of the config
-over J&F of the same network with ``uniform`` sampling and ``forward`` propagation (Sa2VA's inference),
-both on every expression of the split.
+over J&F of the same network with ``uniform`` sampling and ``anchor_updating`` propagation (Sa2VA's
+inference: every sampled frame prompts SAM2, propagation runs forward from frame 0), both on every
+expression of the split.
 
 Usage: ``python benches/evidence.py [--config configs/label/procedural.yaml] [--videos 32] [--compare-config C]``
 (smoke run: ``--config configs/label/tiny.yaml --videos 4``).
@@ -68,7 +69,7 @@ import torch
 from common import ROOT, load_average, print_result
 
 from actors import rle as rle_codec
-from actors.bap import PropagationConfig
+from actors.bap import TABLE9_ROWS, PropagationConfig
 from actors.config import ConfigError, load_config, to_plain
 from actors.decode import DecoderConfig, VideoDecoder, fit_within
 from actors.engine import EngineConfig, ExpressionQuery, PromptStage, VideoLabeler, VideoLabels
@@ -86,8 +87,8 @@ from pipelines.synthetic_text import KINDS
 
 SAMPLERS = ("mcs", "nearbyk", "topk", "uniform", "firstk")
 SAMPLER_TIERS = (("mcs",), ("nearbyk", "topk"), ("uniform",), ("firstk",))  # each tier beats the next
-DEFAULT_MODES = ("forward:uniform", "keyframe", "bap")
-BASELINE = ("uniform", "forward")  # (sampler, propagation mode) of the ratio's denominator
+DEFAULT_MODES = TABLE9_ROWS
+BASELINE = ("uniform", "anchor_updating")  # (sampler, propagation mode) of the ratio's denominator: Sa2VA
 TARGET_JF, TARGET_STATIC_JF, TARGET_R05 = 0.75, 0.85, 0.7
 GENERATOR_SOURCES = ("pipelines/synthetic.py", "pipelines/synthetic_text.py")
 SPLIT_LAYOUTS = ["mp4", "mevis", "charades", "manifest"]

@@ -44,10 +44,7 @@ class ReplayedScores:
     def track(self, frame: int, direction: int) -> float:
         return self.scores[frame]
 
-    def clear_and_reseed(self, frame: int, direction: int) -> None:
-        pass
-
-    def condition(self, frame: int, direction: int) -> None:
+    def clear(self, frame: int, direction: int) -> None:
         pass
 
 

@@ -11,7 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("pipelines.label", "pipelines.train", "pipelines.evaluate", "pipelines.synthetic_cli")
+SUBCOMMAND_MODULES = ("pipelines.label", "pipelines.ground", "pipelines.train", "pipelines.evaluate",
+                      "pipelines.synthetic_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

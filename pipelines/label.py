@@ -18,6 +18,9 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
    the failures of this run's videos: the current failure set, since failed videos are never committed
    and so are retried by the next run), optional overlay videos and ``run.json``.
 
+``pipelines.ground`` (``vrseg ground``) runs the same program with the ``[FIND]`` pass as its only model
+stage: ``decoded_rows``, ``committed_rows`` and the driver's ``run_pending`` are shared.
+
 Exactly once: a video's files are written before its marker; a video redone (a worker killed mid-video,
 Ray Data retrying its task; the driver killed and the command re-run) is rewritten with the same bytes
 under the same names, and a reader sees only committed videos. Worker actors are restarted by Ray Data
@@ -33,7 +36,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
@@ -76,6 +79,8 @@ ERROR_SCHEMA = pa.schema([
     pa.field("message", pa.string(), nullable=False),
 ])
 PACKAGES = ("torch", "ray", "sam2", "transformers", "peft", "decord", "pyarrow", "fsspec", "s3fs", "numpy")
+# what stops a job before any work (exit status 2): bad config, unreadable inputs or output
+USER_ERRORS = (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -161,36 +166,50 @@ def _row(entry: LabelEntry) -> dict[str, Any]:
             "failure": "", "timings": "{}", "payload": b""}
 
 
-def _pool(pool: PoolConfig) -> dict[str, Any]:
+def pool_options(pool: PoolConfig) -> dict[str, Any]:
+    """``map_batches`` arguments of a fixed-size actor pool."""
     import ray.data
 
     return {"compute": ray.data.ActorPoolStrategy(size=pool.size), "batch_size": pool.batch_size,
             "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "batch_format": "pyarrow"}
 
 
+def decoded_rows(entries: Sequence[LabelEntry], config: LabelConfig,
+                 options: Mapping[str, Any]) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+    """One row per video through the low-res decode pool (the ``[FIND]`` frames): every job's first stage."""
+    import ray.data
+
+    engine = config.engine
+    # One video per block (a retried block redoes one video), up to MAX_BLOCKS blocks for huge corpora.
+    rows = ray.data.from_items([_row(e) for e in entries], override_num_blocks=min(len(entries), MAX_BLOCKS))
+    return rows.map_batches(LowresDecoder, fn_constructor_kwargs={
+        "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": config.decoder_config(),
+        "storage_options": options}, **pool_options(config.pools.decode))
+
+
+def committed_rows(rows: Any, output_uri: str, config: LabelConfig,  # noqa: ANN401 - a ray.data.Dataset
+                   options: Mapping[str, Any]) -> Any:  # noqa: ANN401
+    """``rows`` through the write pool: each video's commit marker, one summary row per video."""
+    return rows.map_batches(VideoWriter, fn_constructor_kwargs={
+        "output_uri": output_uri, "storage_options": options}, **pool_options(config.pools.write))
+
+
 def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
                    options: Mapping[str, Any], png: bool) -> Any:  # noqa: ANN401 - a ray.data.Dataset
     """The Ray Data program: one row per video through decode -> mllm -> propagate -> write."""
-    import ray.data
-
     decoder, engine, pools = config.decoder_config(), config.engine, config.pools
-    # One video per block (a retried block redoes one video), up to MAX_BLOCKS blocks for huge corpora.
-    rows = ray.data.from_items([_row(e) for e in entries], override_num_blocks=min(len(entries), MAX_BLOCKS))
-    lowres = rows.map_batches(LowresDecoder, fn_constructor_kwargs={
-        "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": decoder, "storage_options": options},
-        **_pool(pools.decode))
+    lowres = decoded_rows(entries, config, options)
     shared = {"model": model, "engine": engine, "decoder": decoder, "storage_options": options}
     output = MaskFileWriter(output_uri, options, png)
     if config.stages == "fused":
         masks = lowres.map_batches(FusedLabeler, fn_constructor_kwargs={
-            **shared, "output": output, "torch_threads": pools.label.threads()}, **_pool(pools.label))
+            **shared, "output": output, "torch_threads": pools.label.threads()}, **pool_options(pools.label))
     else:
         prompted = lowres.map_batches(MLLMWorker, fn_constructor_kwargs={
-            **shared, "torch_threads": pools.mllm.threads()}, **_pool(pools.mllm))
+            **shared, "torch_threads": pools.mllm.threads()}, **pool_options(pools.mllm))
         masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
-            **shared, "output": output, "torch_threads": pools.propagate.threads()}, **_pool(pools.propagate))
-    return masks.map_batches(VideoWriter, fn_constructor_kwargs={
-        "output_uri": output_uri, "storage_options": options}, **_pool(pools.write))
+            **shared, "output": output, "torch_threads": pools.propagate.threads()}, **pool_options(pools.propagate))
+    return committed_rows(masks, output_uri, config, options)
 
 
 def _issue_row(issue: InputIssue) -> dict[str, Any]:
@@ -224,29 +243,21 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------- the job
-def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig, *, png: bool = False,
-          overlays: int = 0, address: str | None = None, progress: bool = True,
-          argv: Sequence[str] = ()) -> LabelRun:
-    """Label everything ``spec`` names into ``output_uri`` (see the module docstring); returns the run's record.
-
-    Raises ``FormatError`` / ``StorageError`` / ``FileNotFoundError`` when the inputs or the output cannot
-    be read at all; per-item problems are error rows in the result, never exceptions.
-    """
+def run_pending(inputs: LabelInputs, store: OutputStore, pipeline: Callable[[list[LabelEntry]], Any],
+                progress: bool) -> LabelRun:
+    """The driver's part of a per-video job on Ray Data: the entries not committed under ``store`` (resume)
+    through ``pipeline(pending)``, whose summary rows it counts with the input issues as error rows, then
+    ``errors/errors.parquet``."""
     import ray.data
 
-    start = time.perf_counter()
-    options = resolved_storage_options(config.storage_options, [*spec.uris(), output_uri])
-    ensure_ray(address, config.ray.num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    store = OutputStore(output_uri, options)
-    inputs = read_inputs(spec, config, options)
     committed = store.committed()
     pending = [e for e in inputs.entries if e.video_id not in committed]
     result = LabelRun(total=len(inputs.entries), skipped=len(inputs.entries) - len(pending))
     result.errors = [_issue_row(issue) for issue in inputs.issues]
     if pending:
         bar = Progress(len(pending), progress)
-        for row in build_pipeline(pending, output_uri, config, model_for_actors(model), options, png).iter_rows():
+        for row in pipeline(pending).iter_rows():
             for stage, seconds in json.loads(row["timings"]).items():
                 result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
             if row["failure"]:
@@ -259,14 +270,34 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
             bar.update(row["num_expressions"], result.failed)
         bar.close()
     store.write_bytes(ERRORS_FILE, _errors_parquet(result.errors))
+    return result
+
+
+def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig, *, png: bool = False,
+          overlays: int = 0, address: str | None = None, progress: bool = True,
+          argv: Sequence[str] = ()) -> LabelRun:
+    """Label everything ``spec`` names into ``output_uri`` (see the module docstring); returns the run's record.
+
+    Raises ``FormatError`` / ``StorageError`` / ``FileNotFoundError`` when the inputs or the output cannot
+    be read at all; per-item problems are error rows in the result, never exceptions.
+    """
+    start = time.perf_counter()
+    options = resolved_storage_options(config.storage_options, [*spec.uris(), output_uri])
+    ensure_ray(address, config.ray.num_cpus)
+    store = OutputStore(output_uri, options)
+    inputs = read_inputs(spec, config, options)
+    actor_model = model_for_actors(model)
+    result = run_pending(inputs, store, lambda pending: build_pipeline(
+        pending, output_uri, config, actor_model, options, png), progress)
     if overlays > 0:
         depth = max(len(e.queries) for e in inputs.entries) if inputs.entries else 0
         items = [(e.video_id, e.source, *e.queries[i]) for i in range(depth) for e in inputs.entries
                  if i < len(e.queries)]  # round robin: the first expression of every video first
         result.overlays = write_overlays(output_uri, items, overlays, options, config.decoder_config())
     result.wall_seconds = time.perf_counter() - start
-    store.write_bytes(RUN_RECORD, json.dumps(run_record(result, spec, output_uri, config, model, argv),
-                                             indent=2).encode("utf-8"))
+    record = run_record(result, {k: v for k, v in vars(spec).items() if v is not None}, output_uri, config, model,
+                        argv)
+    store.write_bytes(RUN_RECORD, json.dumps(record, indent=2).encode("utf-8"))
     return result
 
 
@@ -293,16 +324,16 @@ def _redact_argument(argument: str) -> str:
     return f"{key}=***" if equals and redact({name: value})[name] == "***" else argument
 
 
-def run_record(result: LabelRun, spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig,
-               argv: Sequence[str]) -> dict[str, Any]:
+def run_record(result: LabelRun, inputs: Mapping[str, Any], output_uri: str, config: LabelConfig,
+               model: ModelConfig, argv: Sequence[str]) -> dict[str, Any]:
     """``run.json``: what ran, with what, on what, and what came of it (credentials redacted)."""
     kinds = Counter(e["kind"] for e in result.errors)
     return redact({
         "command": [_redact_argument(a) for a in argv],
-        "inputs": {k: v for k, v in vars(spec).items() if v is not None},
+        "inputs": dict(inputs),
         "output": output_uri,
         "config": to_plain(config),
-        "model": {"config_file": config.model.uri(), "overrides": list(config.model.overrides),
+        "model": {"config_file": config.model.uri(), "overrides": config.model.all_overrides(),
                   "config": to_plain(model)},
         "versions": _versions(),
         "counts": {"videos": result.total, "done": result.done, "skipped_committed": result.skipped,
@@ -316,10 +347,21 @@ def run_record(result: LabelRun, spec: InputSpec, output_uri: str, config: Label
 
 
 # ---------------------------------------------------------------------------------------- command line
-def summary_line(result: LabelRun) -> str:
-    return (f"vrseg label: {result.done} done, {result.skipped} skipped as already done, {result.failed} failed "
+def summary_line(result: LabelRun, command: str = "label") -> str:
+    return (f"vrseg {command}: {result.done} done, {result.skipped} skipped as already done, {result.failed} failed "
             f"({len(result.errors)} error rows), {result.expressions_done} expressions in "
             f"{result.wall_seconds:.1f}s")
+
+
+def exit_status(command: str, result: LabelRun, output_uri: str, allow_failures: bool) -> int:
+    """0, or 1 when some items failed (listed on stderr by kind) unless ``allow_failures``."""
+    if not result.errors:
+        return 0
+    kinds = Counter(e["kind"] for e in result.errors)
+    listing = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    print(f"vrseg {command}: {'warning: ' if allow_failures else ''}{len(result.errors)} failures ({listing}); "
+          f"see {redact(join(output_uri, ERRORS_FILE))}", file=sys.stderr)
+    return 0 if allow_failures else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,18 +371,12 @@ def run(args: argparse.Namespace) -> int:
         config, model = load_label_config(args.config, args.overrides)
         result = label(spec, args.output, config, model, png=args.png, overlays=args.overlays,
                        address=args.address, progress=not args.no_progress, argv=sys.argv)
-    except (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"vrseg label: {redact(str(exc))}", file=sys.stderr)
         return 2
     print(summary_line(result))
     print(f"vrseg label: outputs under {redact(args.output)} (masks/, errors/, run.json)")
-    if result.errors:
-        kinds = Counter(e["kind"] for e in result.errors)
-        listing = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-        print(f"vrseg label: {'warning: ' if args.allow_failures else ''}{len(result.errors)} failures ({listing}); "
-              f"see {redact(join(args.output, ERRORS_FILE))}", file=sys.stderr)
-        return 0 if args.allow_failures else 1
-    return 0
+    return exit_status("label", result, args.output, args.allow_failures)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -40,10 +40,18 @@ class ModelSection:
     (relative paths are tried from the working directory, then from the project root) or any fsspec URI;
     relative weight locations written in it are relative to its directory
     (``actors.model.config.read_model_config``). ``overrides``: ``key=value`` strings applied to it (weight
-    URIs; relative ones are relative to the working directory)."""
+    URIs; relative ones are relative to the working directory). ``inference``: ``key=value`` strings this
+    labeling config needs of the model at inference (e.g. the tokens per frame of its ``[FIND]`` frames),
+    applied before ``overrides``, so that a command line's ``model.overrides=[...]``, which replaces that
+    list, keeps them."""
 
     config: str = MISSING
+    inference: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+
+    def all_overrides(self) -> list[str]:
+        """``inference``, then ``overrides``."""
+        return [*self.inference, *self.overrides]
 
     def uri(self) -> str:
         """Where ``config`` is read from."""
@@ -135,7 +143,7 @@ class LabelConfig:
     def model_config(self) -> ModelConfig:
         """The model config this labeling config names, read with ``storage_options`` (``ConfigError`` naming
         the file, and the key if one is invalid)."""
-        return read_model_config(self.model.uri(), self.model.overrides, self.storage_options)
+        return read_model_config(self.model.uri(), self.model.all_overrides(), self.storage_options)
 
 
 def load_label_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[LabelConfig, ModelConfig]:

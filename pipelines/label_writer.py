@@ -8,7 +8,11 @@ Per video, under the output root (``pipelines.storage.OutputStore``: atomic writ
   video redone after a crash is rewritten identically under the same name;
 - with ``png``: ``png/<video>/<expr_id>/<frame_name>.png`` (the layout the official evaluators read; each
   ``/``-separated part of the id passed through ``video_key`` so nothing lands outside the root);
-- then ``_committed/<video_key>.json`` listing those files: the video becomes visible at once.
+- then ``_committed/<video_key>.json`` listing those files: the video becomes visible at once. Its
+  ``extra`` holds the video's geometry and, per expression, the predicted moment (``moment``: [start, end]
+  seconds), the compact ``[FIND]`` curve it was read from (``find_frames``, ``find_scores``: sigma of the
+  logits at the frames ``[FIND]`` scored), where propagation started (``anchor``), the ``key_frames`` and
+  the key frames where Eq. 8 cleared memory (``cleared``).
 
 ``MaskFileWriter`` writes the files. The ``Propagator`` calls it (injected, so ``actors`` never imports
 ``pipelines``) with the video's ``MaskSpool`` the moment propagation ends: the masks are read from the
@@ -34,7 +38,7 @@ import pyarrow.parquet as pq
 
 from actors import rle as rle_codec
 from actors.mask_spool import MaskSpool
-from actors.video_rows import Failure, VideoMasks, VideoSource, payload_of
+from actors.video_rows import Failure, VideoOutput, VideoSource, payload_of
 from pipelines.formats import PREDICTION_SCHEMA
 from pipelines.formats.files import encode_mask_png
 from pipelines.storage import OutputStore, RetryPolicy, WrittenFile, check_relative, video_key
@@ -121,23 +125,17 @@ def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_
 
 
 class VideoWriter:
-    """Ray Data stage (small CPU actor pool): ``VideoMasks`` rows -> commit marker -> summary rows."""
+    """Ray Data stage (small CPU actor pool): ``VideoOutput`` rows (``VideoMasks`` of labeling,
+    ``VideoMoments`` of grounding) -> commit marker -> summary rows."""
 
     def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None,
                  retry: RetryPolicy | None = None) -> None:
         self.store = OutputStore(output_uri, storage_options, retry)
 
     def write(self, row: dict[str, Any]) -> tuple[int, int]:
-        masks: VideoMasks = payload_of(row)
-        extra = {
-            "num_frames": masks.num_frames, "fps": masks.fps, "height": masks.height, "width": masks.width,
-            "expressions": [
-                {"expr_id": t.expr_id, "anchor": t.anchor, "key_frames": t.key_frames, "reseeded": t.reseeded}
-                for t in masks.tracks
-            ],
-        }
-        self.store.commit(row["video_id"], masks.files, extra)
-        return len(masks.tracks), masks.num_frames
+        output: VideoOutput = payload_of(row)
+        self.store.commit(row["video_id"], output.files, output.commit_extra())
+        return output.num_expressions, output.num_frames
 
     def summary(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {"video_id": row["video_id"], "failure": row["failure"], "timings": row["timings"],

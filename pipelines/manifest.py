@@ -14,9 +14,10 @@ becomes an ``InputIssue`` (an error row of the job) and never stops the others:
 - a second row with an already seen ``video_id``: dropped (the first row wins).
 
 Other sources produce the same entries: ``entries_from_dataset`` (a benchmark read by
-``pipelines.formats.read_dataset``; frame folders or video files) and ``entries_from_folder`` (every video
+``pipelines.formats.read_dataset``; frame folders or video files), ``entries_from_folder`` (every video
 file under a folder, labeled with the expressions of one file: ``.txt``, one expression per line for every
-video, or ``.json``, ``{video name: [text, ...]}``).
+video, or ``.json``, ``{video name: [text, ...]}``) and ``entries_from_moments`` (a grounding benchmark's
+queries with the videos of a folder, for ``vrseg ground``).
 """
 
 from __future__ import annotations
@@ -316,17 +317,22 @@ def _folder_expressions(uri: str, storage_options: Mapping[str, Any] | None) -> 
     return [line for line in text.splitlines() if line.strip()]
 
 
-def entries_from_folder(videos_uri: str, expressions_uri: str, storage_options: Mapping[str, Any] | None,
-                        limits: InputLimits) -> LabelInputs:
-    """Every video file under ``videos_uri`` (video_id: its path below the folder without the suffix) with
-    the expressions of ``expressions_uri`` (see the module docstring); expr_ids are the positions."""
+def video_files(videos_uri: str, storage_options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Every video file under ``videos_uri`` as ``(video_id, path below the folder)``, sorted by path; the
+    video_id is that path without its suffix."""
     fs, root = filesystem_for(videos_uri, storage_options)
     root = root.rstrip("/")
+    relatives = sorted(p[len(root) + 1 :] for p in fs.find(root) if p.lower().endswith(VIDEO_SUFFIXES))
+    return [(relative.rsplit(".", 1)[0], relative) for relative in relatives]
+
+
+def entries_from_folder(videos_uri: str, expressions_uri: str, storage_options: Mapping[str, Any] | None,
+                        limits: InputLimits) -> LabelInputs:
+    """Every video file under ``videos_uri`` (``video_files``) with the expressions of ``expressions_uri``
+    (see the module docstring); expr_ids are the positions."""
     expressions = _folder_expressions(expressions_uri, storage_options)
     inputs = LabelInputs()
-    for path in sorted(p for p in fs.find(root) if p.lower().endswith(VIDEO_SUFFIXES)):
-        relative = path[len(root) + 1 :]
-        video_id = relative.rsplit(".", 1)[0]
+    for video_id, relative in video_files(videos_uri, storage_options):
         texts = expressions.get(video_id, expressions.get(relative)) if isinstance(expressions, dict) else expressions
         if texts is None:
             inputs.issues.append(InputIssue(video_id, None, "no_expressions", f"{redact(expressions_uri)}: no entry for {video_id!r}"))
@@ -334,6 +340,31 @@ def entries_from_folder(videos_uri: str, expressions_uri: str, storage_options: 
         items = [{"expr_id": str(i), "text": t} for i, t in enumerate(texts)]
         entry, issues = entry_with_expressions(video_id, VideoSource(video_uri=join(videos_uri, relative)), items,
                                                redact(expressions_uri), limits)
+        inputs.issues.extend(issues)
+        if entry is not None:
+            inputs.entries.append(entry)
+    return inputs
+
+
+def entries_from_moments(dataset: Dataset, videos_uri: str, storage_options: Mapping[str, Any] | None,
+                         limits: InputLimits) -> LabelInputs:
+    """A grounding benchmark's queries (``Dataset.moments``), one entry per video in the annotations'
+    order with its queries as expressions (expr_id: the query's line index, as ``str``), each video the
+    file of ``video_files(videos_uri)`` with its id (Charades-STA ``<id>.mp4``, ActivityNet
+    ``v_<id>.mp4``). A video without a file is a ``missing_video`` error row per query."""
+    files = dict(reversed(video_files(videos_uri, storage_options)))  # the first file of an id wins
+    queries: dict[str, list[dict[str, str]]] = {}
+    for moment in dataset.moments:
+        queries.setdefault(moment.video_id, []).append({"expr_id": str(moment.query_id), "text": moment.text})
+    inputs = LabelInputs()
+    for video_id, items in queries.items():
+        where = f"{dataset.format} video {video_id!r}"
+        if video_id not in files:
+            inputs.issues.extend(InputIssue(video_id, item["expr_id"], "missing_video",
+                                            f"{where}: no video file under {redact(videos_uri)}") for item in items)
+            continue
+        source = VideoSource(video_uri=join(videos_uri, files[video_id]))
+        entry, issues = entry_with_expressions(video_id, source, items, where, limits)
         inputs.issues.extend(issues)
         if entry is not None:
             inputs.entries.append(entry)

@@ -1,5 +1,6 @@
-"""Shared by the labeling tests: a small procedural corpus, its upload to S3, the single-process engine's
-masks on it (the reference the pipeline must reproduce), and readers of a labeling output."""
+"""Shared by the labeling and grounding tests: a small procedural corpus (mp4s, manifest, Charades-STA
+queries), its upload to S3, the single-process engine's masks and moments on it (the references the
+pipelines must reproduce), and readers of a labeling output."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pipelines.label_config import LabelConfig, load_label_config
 from pipelines.synthetic_cli import SynthConfig, write_corpus
 
 LABEL_CONFIG = "configs/label/tiny.yaml"
-SYNTH_OVERRIDES = ["num_videos=4", "text.per_kind=1", "text.no_target=0", "output.layouts=[mp4,manifest]",
+SYNTH_OVERRIDES = ["num_videos=4", "text.per_kind=1", "text.no_target=0", "output.layouts=[mp4,charades,manifest]",
                    "scene.min_objects=2", "scene.max_objects=2"]
 
 
@@ -57,13 +58,16 @@ def label_config(s3: Any, overrides: list[str] | None = None) -> tuple[LabelConf
     return config, model
 
 
+def corpus_videos() -> list[tuple[str, Path, list[dict[str, str]]]]:
+    """``(video_id, local path, [{expr_id, text}, ...])`` of every manifest row."""
+    return [(row["video_id"], local_corpus() / "videos" / Path(row["video_uri"]).name, row["expressions"])
+            for row in manifest_rows()]
+
+
 @functools.lru_cache(maxsize=1)
 def engine_masks() -> dict[tuple[str, str], list[str]]:
     """``(video_id, expr_id) -> RLE counts per frame`` of the corpus from ``VideoLabeler`` in this process."""
-    return engine_masks_of([
-        (row["video_id"], local_corpus() / "videos" / Path(row["video_uri"]).name, row["expressions"])
-        for row in manifest_rows()
-    ])
+    return engine_masks_of(corpus_videos())
 
 
 def read_masks(s3: Any, output: str) -> dict[tuple[str, str], list[tuple[int, str]]]:  # noqa: ANN401
@@ -125,5 +129,33 @@ def engine_masks_of(videos: list[tuple[str, Path, list[dict[str, str]]]],
             labels = labeler.label(video, queries)
         for expression in labels.expressions:
             out[(video_id, expression.expr_id)] = [r["counts"] for r in expression.rles]
+    torch.set_num_threads(threads)
+    return out
+
+
+def engine_moments(videos: list[tuple[str, Path, list[dict[str, str]]]]) -> dict[tuple[str, str], Any]:
+    """``(video_id, expr_id) -> ExpressionMoment`` of ``(video_id, local path, [{expr_id, text}, ...])`` each:
+    the labeling config's ``[FIND]`` pass in this process on the frames ``LowresDecoder`` decodes, then
+    ``actors.grounding.ground_expressions`` (the reference for labeling's and grounding's moments)."""
+    import torch
+
+    from actors.decode import VideoDecoder, fit_within
+    from actors.engine import PromptStage
+    from actors.grounding import ground_expressions
+    from actors.mllm import load_inference_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config, model = load_label_config(LABEL_CONFIG)
+    engine = config.engine
+    stage = PromptStage(load_inference_model(model).mllm, engine)
+    out = {}
+    for video_id, path, expressions in videos:
+        with VideoDecoder(str(path), None, config.decoder_config()) as video:
+            lowres = video.uniform(min(engine.lowres_frames, video.num_frames),
+                                   fit_within(video.height, video.width, engine.lowres_side))
+            relevance = stage.relevance(lowres, [e["text"] for e in expressions], video.num_frames, video.fps)
+            moments = ground_expressions(relevance, lowres.indices, video.fps, engine.find_threshold)
+        out.update({(video_id, e["expr_id"]): m for e, m in zip(expressions, moments, strict=True)})
     torch.set_num_threads(threads)
     return out

@@ -1,8 +1,7 @@
-"""Propagation policies: BAP decisions (MomentSeg Eq. 8) with scripted scores, and the two baselines."""
+"""Propagation policies: MomentSeg Table 9's rows (conditioning frames, Eq. 8 clearing) with scripted scores."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -12,13 +11,15 @@ from hypothesis import strategies as st
 from actors.bap import (
     BACKWARD,
     FORWARD,
+    MODES,
+    TABLE9_ROWS,
     BAPError,
-    ClearAndReseed,
-    Condition,
+    Clear,
     PropagationConfig,
     PropagationPolicy,
     Seed,
     Track,
+    Update,
     run_propagation,
 )
 from actors.config import ConfigError, load_config
@@ -39,11 +40,8 @@ class ScriptedSession:
         self.calls.append(("track", frame, direction))
         return self.scores.get((frame, direction), self.default)
 
-    def clear_and_reseed(self, frame: int, direction: int) -> None:
-        self.calls.append(("clear_and_reseed", frame, direction))
-
-    def condition(self, frame: int, direction: int) -> None:
-        self.calls.append(("condition", frame, direction))
+    def clear(self, frame: int, direction: int) -> None:
+        self.calls.append(("clear", frame, direction))
 
 
 def tracks(frames: range | list[int], direction: int) -> list[Track]:
@@ -54,161 +52,146 @@ def run(num_frames, keys, anchor, confidence, scores, mode="bap", lam=0.9, defau
     policy = PropagationPolicy(num_frames, keys, anchor, confidence, PropagationConfig(mode=mode, lam=lam))
     session = ScriptedSession(scores, default)
     actions = run_propagation(policy, session)
-    return actions, session
+    return actions, session, policy
 
 
-# ---------------------------------------------------------------- BAP, Eq. 8 by hand
+# ---------------------------------------------------------------- Table 9, row by row, by hand
+# T = 12, key frames 1, 4, 7, 10, anchor c* = 7. Every tracked frame scores S^t = 0.9; S^p = 1.0 except
+# frame 7 (0.5), lambda = 0.9. Tracked frames between two key frames multiply P by 0.9 * 0.9 = 0.81.
+KEYS, ANCHOR, T = [1, 4, 7, 10], 7, 12
+CONFIDENCE = {1: 1.0, 4: 1.0, 7: 0.5, 10: 1.0}
+F, B = FORWARD, BACKWARD
+
+TABLE9 = {
+    # the seed alone conditions; frame 0, before the first key frame, gets no mask
+    "forward": [Seed(1, F), *tracks(range(2, 12), F)],
+    # every key frame conditions from the start and is the output where the pass reaches it
+    "anchor_updating": [Seed(1, F), Seed(4, F), Seed(7, F), Seed(10, F), *tracks([2, 3], F), Update(4, F),
+                        *tracks([5, 6], F), Update(7, F), *tracks([8, 9], F), Update(10, F), Track(11, F)],
+    # Eq. 8 at 4: P = 0.81 < 0.9 * 1.0 -> clear (P = 1); at 7: P = 0.81 >= 0.9 * 0.5 -> keep, P carries on;
+    # at 10: P = 0.81 * 0.81 = 0.6561 < 0.9 -> clear
+    "memory_cleaning": [Seed(1, F), Seed(4, F), Seed(7, F), Seed(10, F), *tracks([2, 3], F), Update(4, F),
+                        Clear(4, F), *tracks([5, 6], F), Update(7, F), *tracks([8, 9], F), Update(10, F),
+                        Clear(10, F), Track(11, F)],
+    # from c*: forward with the later key frames, then backward (fresh memory, P = 1) with the earlier ones
+    "bap": [Seed(7, F), Seed(10, F), *tracks([8, 9], F), Update(10, F), Clear(10, F), Track(11, F),
+            Seed(7, B), Seed(4, B), Seed(1, B), *tracks([6, 5], B), Update(4, B), Clear(4, B), *tracks([3, 2], B),
+            Update(1, B), Clear(1, B), Track(0, B)],
+    # VRS-HQ: the keyframe alone, both ways
+    "keyframe": [Seed(7, F), *tracks(range(8, 12), F), Seed(7, B), *tracks(range(6, -1, -1), B)],
+}
 
 
-def test_bap_hand_computed_updates():
-    # forward: P(8) = 0.9 * 0.9 * 0.95 = 0.7695 < 0.9 * S^p_8 = 0.81 -> clear + reseed at 8
-    # backward (fresh, P = 1): P(2) = 0.99 * 0.99 * 0.8 = 0.78408 >= 0.9 * S^p_2 = 0.72 -> keep tracking
-    scores = {
-        (6, FORWARD): 0.9,
-        (7, FORWARD): 0.9,
-        (8, FORWARD): 0.95,
-        (9, FORWARD): 0.5,
-        (4, BACKWARD): 0.99,
-        (3, BACKWARD): 0.99,
-        (2, BACKWARD): 0.8,
-    }
-    actions, session = run(10, [2, 5, 8], 5, {2: 0.8, 8: 0.9}, scores)
-    assert actions == (
-        [Seed(5, FORWARD), *tracks([6, 7, 8], FORWARD), ClearAndReseed(8, FORWARD), Track(9, FORWARD)]
-        + [Seed(5, BACKWARD), *tracks([4, 3, 2, 1, 0], BACKWARD)]
-    )
-    assert ("clear_and_reseed", 8, FORWARD) in session.calls
-    assert [call for call in session.calls if call[0] == "track"] == [
-        ("track", f, FORWARD) for f in (6, 7, 8, 9)
-    ] + [("track", f, BACKWARD) for f in (4, 3, 2, 1, 0)]
+@pytest.mark.parametrize("mode", list(TABLE9))
+def test_conditioning_frames_and_clearing_per_row(mode: str) -> None:
+    actions, session, policy = run(T, KEYS, ANCHOR, CONFIDENCE, {}, mode=mode, default=0.9)
+    assert actions == TABLE9[mode]
+    conditioning = {d: [a.frame for a in actions if isinstance(a, Seed) and a.direction == d] for d in (F, B)}
+    assert [("seed", f, F) for f in conditioning[F]] == [c for c in session.calls if c[0] == "seed" and c[2] == F]
+    assert [c for c in session.calls if c[0] == "clear"] == [("clear", a.frame, a.direction) for a in actions
+                                                             if isinstance(a, Clear)]
+    assert list(policy.unlabeled) == ([0] if not MODES[mode].bidirectional else [])
+    # every frame gets exactly one output: the start's seed, an update or a track (or none before a one-way start)
+    outputs = [a.frame for a in actions if isinstance(a, Track | Update)] + [policy.start, *policy.unlabeled]
+    assert sorted(outputs) == list(range(T))
 
 
-def test_bap_product_restarts_after_each_reseed():
-    # anchor 0: one forward pass. Every S^t = 0.95; P reaches 0.95^3 = 0.857375 at each key frame
-    # because it restarts at the previous reseed: < 0.9 * 1.0 at 3 and 6; at 9, 0.857 >= 0.9 * 0.5 -> keep
-    policy = PropagationPolicy(12, [0, 3, 6, 9], 0, {3: 1.0, 6: 1.0, 9: 0.5}, PropagationConfig())
-    assert [p.direction for p in policy.passes] == [FORWARD]
-    actions = run_propagation(policy, ScriptedSession(default=0.95))
-    assert [a for a in actions if not isinstance(a, Track)] == [
-        Seed(0, FORWARD),
-        ClearAndReseed(3, FORWARD),
-        ClearAndReseed(6, FORWARD),
-    ]
-    assert math.isclose(policy.product, 0.95**5)  # frames 7..11 since the reseed at 6
+def test_table9_rows_are_the_ablation_order_with_bap_the_default() -> None:
+    assert TABLE9_ROWS == ("forward", "anchor_updating", "memory_cleaning", "bap")
+    assert PropagationConfig().mode == "bap"
+    features = [MODES[row] for row in TABLE9_ROWS]
+    assert [(f.bidirectional, f.anchor_updating, f.memory_cleaning) for f in features] == [
+        (False, False, False), (False, True, False), (False, True, True), (True, True, True)]
 
 
-def test_bap_product_includes_the_key_frame_own_score_and_the_comparison_is_strict():
-    # frames 1..3 score 1.0 and key frame 4 scores 0.5: P = 0.5. With lam = 0.5, S^p = 1.0: 0.5 < 0.5 is false.
-    scores = {(4, FORWARD): 0.5}
-    actions, _ = run(6, [0, 4], 0, {4: 1.0}, scores, lam=0.5)
-    assert not any(isinstance(a, ClearAndReseed) for a in actions)
-    # with lam = 0.9 the key frame's own score (0.5) pulls P under 0.9 although frames 1..3 were perfect
-    actions, _ = run(6, [0, 4], 0, {4: 1.0}, scores, lam=0.9)
-    assert ClearAndReseed(4, FORWARD) in actions
+# ---------------------------------------------------------------- Eq. 8 details
 
 
-def test_bap_backward_pass_starts_fresh_from_the_anchor():
+def test_product_excludes_key_frames_and_the_comparison_is_strict() -> None:
+    # frames 1..3 score 0.5, key frame 4 would score 0.01 if it were tracked: it is not (its mask is given).
+    # P = 0.125; with lam = 0.125 and S^p = 1.0: 0.125 < 0.125 is false -> keep.
+    scores = {(f, F): 0.5 for f in (1, 2, 3)} | {(4, F): 0.01}
+    actions, session, _ = run(6, [0, 4], 0, {4: 1.0}, scores, lam=0.125)
+    assert not any(isinstance(a, Clear) for a in actions) and ("track", 4, F) not in session.calls
+    actions, _, _ = run(6, [0, 4], 0, {4: 1.0}, scores, lam=0.126)
+    assert Clear(4, F) in actions
+
+
+def test_backward_pass_starts_fresh_from_the_anchor() -> None:
     # the forward pass decays P to 0.1 ** 4; the backward pass must not inherit it
-    forward = {(f, FORWARD): 0.1 for f in range(5, 9)}
-    actions, _ = run(9, [1, 4], 4, {1: 1.0}, forward, lam=0.9)
-    assert actions[5] == Seed(4, BACKWARD)
-    assert not any(isinstance(a, ClearAndReseed) for a in actions)
+    forward = {(f, F): 0.1 for f in range(5, 9)}
+    actions, _, _ = run(9, [1, 4], 4, {1: 1.0}, forward, lam=0.9)
+    assert actions[5] == Seed(4, B)
+    assert not any(isinstance(a, Clear) for a in actions)
 
 
-def test_bap_without_anchor_starts_at_the_first_key_frame_and_anchor_at_the_end_runs_backward():
+def test_without_anchor_bidirectional_modes_start_at_the_first_key_frame() -> None:
     policy = PropagationPolicy(6, [0, 3], None, {3: 0.2}, PropagationConfig())
-    assert policy.start == 0 and [(p.direction, p.seed, list(p.frames)) for p in policy.passes] == [
-        (FORWARD, 0, [1, 2, 3, 4, 5])
+    assert policy.start == 0 and [(p.direction, p.seeds, list(p.frames)) for p in policy.passes] == [
+        (F, (0, 3), [1, 2, 3, 4, 5])
     ]
-    actions, _ = run(6, [2, 5], 5, {2: 0.2}, {})
-    assert actions == [Seed(5, FORWARD), Seed(5, BACKWARD), *tracks([4, 3, 2, 1, 0], BACKWARD)]
+    actions, _, _ = run(6, [2, 5], 5, {2: 0.2}, {})
+    assert actions[:2] == [Seed(5, F), Seed(5, B)]
+
+
+def test_one_way_modes_ignore_the_anchor_and_leave_frames_before_the_first_key_frame() -> None:
+    for mode in ("forward", "anchor_updating", "memory_cleaning"):
+        policy = PropagationPolicy(10, [3, 6], 6, {6: 1.0}, PropagationConfig(mode=mode))
+        assert policy.start == 3 and list(policy.unlabeled) == [0, 1, 2]
+        assert [p.direction for p in policy.passes] == [F]
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
-def test_bap_decisions_follow_eq8_exactly(data):
+def test_bap_decisions_follow_eq8_exactly(data) -> None:
     num_frames = data.draw(st.integers(1, 60), label="T")
     keys = sorted(data.draw(st.sets(st.integers(0, num_frames - 1), min_size=1, max_size=8), label="keys"))
     anchor = data.draw(st.sampled_from(keys), label="anchor")
     lam = data.draw(st.sampled_from([0.5, 0.9, 1.0]), label="lam")
     confidence = {k: data.draw(st.floats(0, 1), label=f"S^p {k}") for k in keys if k != anchor}
-    unit = st.floats(0, 1)
-    scores = {(f, d): data.draw(unit) for f in range(num_frames) for d in (FORWARD, BACKWARD)}
-    actions, _ = run(num_frames, keys, anchor, confidence, scores, lam=lam)
+    scores = {(f, d): data.draw(st.floats(0, 1)) for f in range(num_frames) for d in (F, B)}
+    actions, _, _ = run(num_frames, keys, anchor, confidence, scores, lam=lam)
 
-    tracked = [(a.frame, a.direction) for a in actions if isinstance(a, Track)]
-    seeds = [a.frame for a in actions if isinstance(a, Seed)]
-    assert sorted({f for f, _ in tracked} | set(seeds)) == list(range(num_frames))  # every frame gets a mask
-    assert len(tracked) == len(set(f for f, _ in tracked)) == num_frames - 1  # each tracked once
-    assert all((f > anchor) == (d == FORWARD) for f, d in tracked)
-    # replay Eq. 8 from the log: P since the last seed, including the key frame's own S^t
+    visited = [(a.frame, a.direction) for a in actions if isinstance(a, Track | Update)]
+    assert sorted([f for f, _ in visited] + [anchor]) == list(range(num_frames))  # every frame once
+    assert all((f > anchor) == (d == F) for f, d in visited)
+    assert {a.frame for a in actions if isinstance(a, Update)} == set(keys) - {anchor}  # updated at every key
+    # replay Eq. 8 from the log: P over the frames tracked since the pass began or memory was last cleared
     product = 1.0
     for index, action in enumerate(actions):
-        if isinstance(action, Seed | ClearAndReseed):
+        if isinstance(action, Clear) or (isinstance(action, Seed) and action.frame == anchor):
             product = 1.0
         elif isinstance(action, Track):
             product *= scores[(action.frame, action.direction)]
-            if action.frame in confidence:
-                reseeded = index + 1 < len(actions) and isinstance(actions[index + 1], ClearAndReseed)
-                assert reseeded == (product < lam * confidence[action.frame])
-
-
-# ---------------------------------------------------------------- baselines
-
-
-def test_forward_only_baseline_seeds_frame_zero_and_conditions_every_other_key_frame():
-    actions, session = run(8, [0, 3, 6], None, {}, {(3, FORWARD): 0.01}, mode="forward")
-    assert actions == [
-        Seed(0, FORWARD),
-        *tracks([1, 2, 3], FORWARD),
-        Condition(3, FORWARD),
-        *tracks([4, 5, 6], FORWARD),
-        Condition(6, FORWARD),
-        Track(7, FORWARD),
-    ]
-    assert ("condition", 6, FORWARD) in session.calls
-    assert not any(call[2] == BACKWARD for call in session.calls)
-
-
-def test_forward_only_baseline_ignores_the_anchor_and_needs_frame_zero():
-    actions, _ = run(4, [0, 2], 2, {}, {}, mode="forward")
-    assert actions[0] == Seed(0, FORWARD)
-    with pytest.raises(BAPError, match="first key frame is 3: sample with firstk or uniform"):
-        PropagationPolicy(10, [3, 6], 3, {}, PropagationConfig(mode="forward"))
-
-
-def test_keyframe_baseline_runs_both_ways_from_the_keyframe_without_updates():
-    terrible = {(f, d): 0.01 for f in range(10) for d in (FORWARD, BACKWARD)}
-    actions, _ = run(10, [1, 4, 8], 4, {}, terrible, mode="keyframe")
-    assert actions == (
-        [Seed(4, FORWARD), *tracks(range(5, 10), FORWARD)]
-        + [Seed(4, BACKWARD), *tracks([3, 2, 1, 0], BACKWARD)]
-    )
+        elif isinstance(action, Update):
+            cleared = index + 1 < len(actions) and actions[index + 1] == Clear(action.frame, action.direction)
+            assert cleared == (product < lam * confidence[action.frame])
 
 
 # ---------------------------------------------------------------- lock-step use and errors
 
 
-def test_policy_can_be_stepped_by_hand_like_an_engine_with_several_objects():
+def test_policy_can_be_stepped_by_hand_like_an_engine_with_several_objects() -> None:
     config = PropagationConfig()
     policies = {
         "a": PropagationPolicy(6, [1, 4], 1, {4: 1.0}, config),
         "b": PropagationPolicy(6, [2, 5], 5, {2: 1.0}, config),
     }
-    seeds = {name: policy.begin(FORWARD) for name, policy in policies.items()}
-    assert seeds == {"a": Seed(1, FORWARD), "b": Seed(5, FORWARD)}
-    decisions = []
-    for frame in range(2, 6):  # one forward sweep; "b" has nothing to track forward of its anchor
-        decisions.append(policies["a"].after_track(frame, 0.8))
-    assert decisions == [None, None, ClearAndReseed(4, FORWARD), None]
-    with pytest.raises(BAPError, match="tracked outside a pass"):
+    passes = {name: policy.begin(F) for name, policy in policies.items()}
+    assert {name: p.seeds for name, p in passes.items()} == {"a": (1, 4), "b": (5,)}
+    for frame in (2, 3):
+        policies["a"].after_track(frame, 0.8)
+    assert policies["a"].reach(4)  # P = 0.64 < 0.9
+    policies["a"].after_track(5, 1.0)
+    with pytest.raises(BAPError, match="visited outside a pass"):
         policies["a"].after_track(6, 1.0)
 
 
-def test_policy_errors_name_the_problem():
+def test_policy_errors_name_the_problem() -> None:
     config = PropagationConfig()
     with pytest.raises(BAPError, match=r"S\^p of frames \[2, 8\]"):
         PropagationPolicy(10, [2, 5, 8], 5, {}, config)
+    PropagationPolicy(10, [2, 5, 8], 5, {}, PropagationConfig(mode="anchor_updating"))  # no Eq. 8, no S^p
     with pytest.raises(BAPError, match="anchor 4 is not one of the key frames"):
         PropagationPolicy(10, [2, 5], 4, {2: 1.0, 5: 1.0}, config)
     with pytest.raises(BAPError, match="outside the video's frames 0..9"):
@@ -219,19 +202,22 @@ def test_policy_errors_name_the_problem():
         PropagationPolicy(-1, [0], 0, {}, config)
     with pytest.raises(BAPError, match=r"key-frame confidence S\^p at frame 2 must be in \[0, 1\], got 1.5"):
         PropagationPolicy(10, [2, 5], 5, {2: 1.5}, config)
-    policy = PropagationPolicy(10, [2, 5], 5, {2: 0.5}, config)
-    policy.begin(FORWARD)
-    with pytest.raises(BAPError, match="tracked frame 7 out of order: the pass in direction 1 expects 6"):
+    policy = PropagationPolicy(10, [2, 5, 8], 5, {2: 0.5, 8: 0.5}, config)
+    policy.begin(F)
+    with pytest.raises(BAPError, match="frame 7 visited out of order: the pass in direction 1 expects 6"):
         policy.after_track(7, 1.0)
     with pytest.raises(BAPError, match=r"tracking score S\^t at frame 6 must be in \[0, 1\], got nan"):
         policy.after_track(6, float("nan"))
+    policy.after_track(7, 1.0)
+    with pytest.raises(BAPError, match="frame 8 is a seeded key frame, reach it"):
+        policy.after_track(8, 1.0)
     with pytest.raises(BAPError, match="has no pass in direction -1"):
-        PropagationPolicy(10, [0, 5], 0, {5: 0.5}, config).begin(BACKWARD)
+        PropagationPolicy(10, [0, 5], 0, {5: 0.5}, config).begin(B)
 
 
-def test_config_is_validated_through_load_config():
-    assert load_config(PropagationConfig, None, ["mode=keyframe", "lam=0.8"]) == PropagationConfig(
-        "keyframe", 0.8
+def test_config_is_validated_through_load_config() -> None:
+    assert load_config(PropagationConfig, None, ["mode=memory_cleaning", "lam=0.8"]) == PropagationConfig(
+        "memory_cleaning", 0.8
     )
     with pytest.raises(ConfigError, match="propagation.mode must be one of"):
         load_config(PropagationConfig, None, ["mode=both"])

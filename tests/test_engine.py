@@ -24,7 +24,8 @@ from actors.engine import (
 from actors.mask_spool import MaskSpool
 from actors.model.checkpoints import build_model
 from actors.model.config import ModelConfig
-from actors.sampling import SamplingConfig, make_sampler
+from actors.model.sam2_session import Sam2VideoSession
+from actors.sampling import SampleResult, SamplingConfig, make_sampler
 from pipelines.synthetic import SceneConfig, generate_video
 from pipelines.video_io import write_mp4
 
@@ -78,7 +79,7 @@ def _segment(labeler: VideoLabeler, source: VideoDecoder, samples: list, texts: 
     union = key_frame_union(samples)
     decoded = KeyFrames(union, source.get(union, size))
     lowres = source.uniform(8, (56, 56))
-    prompts = labeler.prompt_stage.prompts(samples, texts, decoded.resized((112, 112)), lowres.frames)
+    prompts = labeler.prompt_stage.prompts(samples, texts, decoded.resized((112, 112)), lowres, source.num_frames)
     with MaskSpool(len(samples), source.num_frames) as spool:
         masks = labeler.mask_stage.segment(source, samples, prompts, decoded, spool)
         shape = [source.height, source.width]
@@ -101,7 +102,7 @@ def test_every_expression_gets_every_frame(model, short_video):
         assert out.relevance.shape == (20,) and np.isfinite(out.relevance).all()
         assert out.scores.shape == (20,) and ((out.scores >= 0) & (out.scores <= 1)).all()
         assert out.anchor in out.key_frames and len(out.sampled) == 4
-        assert set(out.reseeded) <= set(out.key_frames) - {out.anchor}
+        assert set(out.cleared) <= set(out.key_frames) - {out.anchor}
     # decoded for [FIND] (uniform) and once into the frame store, which serves everything else
     assert codec.max() <= 2 and delivered.max() <= 2
     assert set(labels.timings) == {"decode_lowres", "find", "sample", "decode_keyframes", "seg", "segment"}
@@ -147,7 +148,8 @@ def test_objects_with_different_anchors_match_their_single_runs(model, short_vid
     curves = np.full((2, video.num_frames), -5.0)
     curves[0, 3:7] = 5.0
     curves[1, 12:16] = 5.0
-    samples = sample_expressions(make_sampler(labeler.config.sampling), curves, labeler.config.sampling.k)
+    samples = sample_expressions(make_sampler(labeler.config.sampling), curves, labeler.config.sampling.k,
+                                 video.num_frames)
     assert samples[0].anchor != samples[1].anchor
 
     def segment(indices: list[int]) -> tuple[list, list]:
@@ -171,7 +173,8 @@ def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
     curve = np.full(video.num_frames, -5.0)
     curve[expression.frames[0] : expression.frames[1] + 1] = 5.0
     labeler = _labeler(model)
-    samples = sample_expressions(make_sampler(labeler.config.sampling), curve[None], labeler.config.sampling.k)
+    samples = sample_expressions(make_sampler(labeler.config.sampling), curve[None], labeler.config.sampling.k,
+                                 video.num_frames)
     assert samples[0].anchor >= video.num_frames // 2
     with VideoDecoder(path) as source:
         masks, rles = _segment(labeler, source, samples, [expression.text])
@@ -179,27 +182,57 @@ def test_late_target_anchor_follows_relevance(model, tmp_path_factory):
     assert len(rles[0]) == video.num_frames
 
 
-def test_forward_baseline_conditions_every_key_frame(model, short_video):
+class RecordingSession(Sam2VideoSession):
+    """The engine's SAM2 session, recording per pass (one session each) its conditioning frames and clears."""
+
+    passes: list[dict[str, list[int]]] = []
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.record: dict[str, list[int] | int] = {"seeds": [], "clears": 0}
+        RecordingSession.passes.append(self.record)
+
+    def add_masks(self, frame_idx, masks) -> None:  # noqa: ANN001
+        self.record["seeds"].append(frame_idx)
+        super().add_masks(frame_idx, masks)
+
+    def clear(self, obj_id, keep_seeds=True) -> None:  # noqa: ANN001
+        assert keep_seeds, "Eq. 8 clears tracked memory and keeps the conditioning frames"
+        self.record["clears"] += 1
+        super().clear(obj_id, keep_seeds)
+
+
+# Key frames 2, 6, 10, 15 of a 20-frame video, anchor 10; lambda = 1e6 makes Eq. 8 clear at every key frame
+# reached. Per Table 9 row: each pass's conditioning frames (all added before it starts), how many times it
+# cleared, and the key frames cleared over the whole video.
+TABLE9_PASSES = {
+    "forward": ([{"seeds": [2], "clears": 0}], []),
+    "anchor_updating": ([{"seeds": [2, 6, 10, 15], "clears": 0}], []),
+    "memory_cleaning": ([{"seeds": [2, 6, 10, 15], "clears": 3}], [6, 10, 15]),
+    "bap": ([{"seeds": [10, 15], "clears": 1}, {"seeds": [2, 6, 10], "clears": 2}], [2, 6, 15]),
+    "keyframe": ([{"seeds": [10], "clears": 0}, {"seeds": [10], "clears": 0}], []),
+}
+
+
+@pytest.mark.parametrize("mode", list(TABLE9_PASSES))
+def test_sam2_conditioning_frames_and_clearing_per_table9_row(model, short_video, monkeypatch, mode):
     video, path = short_video
-    labeler = _labeler(
-        model, sampling=SamplingConfig(method="firstk", k=3), propagation=PropagationConfig(mode="forward")
-    )
+    monkeypatch.setattr("actors.engine.Sam2VideoSession", RecordingSession)
+    monkeypatch.setattr(RecordingSession, "passes", [])
+    labeler = _labeler(model, propagation=PropagationConfig(mode=mode, lam=1e6))
+    sample = SampleResult(np.array([2, 6, 10, 15]), anchor=10)
     with VideoDecoder(path) as source:
-        labels = labeler.label(source, _queries(video)[:2])
-    for out in labels.expressions:
-        assert out.anchor == 0 and out.key_frames == [0, 1, 2]
-        assert out.reseeded == [1, 2]
+        masks, rles = _segment(labeler, source, [sample], [video.expressions[0].text])
+    passes, cleared = TABLE9_PASSES[mode]
+    assert RecordingSession.passes == passes
+    assert masks[0].cleared == cleared
+    assert masks[0].anchor == (10 if mode in ("bap", "keyframe") else 2)
+    assert len(rles[0]) == video.num_frames
+    if mode in ("forward", "anchor_updating", "memory_cleaning"):  # nothing before a one-way pass's start
+        assert all(not rle_codec.decode(r).any() for r in rles[0][:2])
 
 
-def test_keyframe_baseline_never_reseeds(model, short_video):
-    video, path = short_video
-    labeler = _labeler(model, propagation=PropagationConfig(mode="keyframe"))
-    with VideoDecoder(path) as source:
-        labels = labeler.label(source, _queries(video)[:2])
-    assert all(out.reseeded == [] for out in labels.expressions)
-
-
-def test_bap_threshold_controls_reseeding(model, short_video):
+def test_bap_threshold_controls_clearing(model, short_video):
     """lambda = 0 never clears (P >= 0 always); a huge lambda clears at every key frame reached."""
     video, path = short_video
     queries = _queries(video)[:2]
@@ -208,8 +241,8 @@ def test_bap_threshold_controls_reseeding(model, short_video):
     with VideoDecoder(path) as source:
         always = _labeler(model, propagation=PropagationConfig(lam=1e6)).label(source, queries)
     for n, a in zip(never.expressions, always.expressions, strict=True):
-        assert n.reseeded == []
-        assert a.reseeded == sorted(set(a.key_frames) - {a.anchor})
+        assert n.cleared == []
+        assert a.cleared == sorted(set(a.key_frames) - {a.anchor})
 
 
 def test_tks_picks_anchor_among_candidates(tda_model, short_video):
@@ -244,6 +277,54 @@ def test_decoupled_prompts_are_fused(short_video):
     with VideoDecoder(path) as source:
         labels = _labeler(decoupled).label(source, _queries(video)[:2])
     assert all(len(out.rles) == 20 for out in labels.expressions)
+
+
+def test_temporal_tokens_are_omitted_by_default_and_have_their_own_budget(model, short_video, monkeypatch):
+    """MomentSeg omits the temporal tokens at inference (Table 10); turned on, the [SEG] pass reads
+    ``temporal_frames`` of the [FIND] frames at ``temporal_side``, at their own frame rate."""
+    video, path = short_video
+    contexts: list[tuple] = []
+    seg_prompts = model.mllm.seg_prompts
+
+    def spy(key_frames, expressions, lowres_video=None, fps=None):  # noqa: ANN001, ANN202
+        contexts.append((None if lowres_video is None else lowres_video.shape, fps))
+        return seg_prompts(key_frames, expressions, lowres_video=lowres_video, fps=fps)
+
+    monkeypatch.setattr(model.mllm, "seg_prompts", spy)
+    queries = _queries(video)[:1]
+    with VideoDecoder(path) as source:
+        _labeler(model).label(source, queries)
+        fps = source.fps
+    assert contexts == [(None, None)]
+    with VideoDecoder(path) as source:
+        _labeler(model, temporal_tokens=True, temporal_frames=4, temporal_side=28).label(source, queries)
+    assert contexts[1] == ((4, 21, 28, 3), fps * 4 / 20)  # 4 of the 12 [FIND] frames (42 x 56) at 28 px
+
+
+def test_frame_sides_beyond_the_models_tokens_per_frame_are_refused(model):
+    # the tiny model allows 4 tokens per video frame: 2 x 2 merged 28-px patches
+    with pytest.raises(ValueError, match=r"lowres_side=112 makes 16 tokens per frame .*video_tokens_per_frame=4"):
+        _labeler(model, lowres_side=112)
+    with pytest.raises(ValueError, match="engine.temporal_side=112 makes 16 tokens"):
+        _labeler(model, temporal_tokens=True)
+    _labeler(model, temporal_side=112)  # temporal tokens off: their side does not matter
+
+
+def test_the_real_config_runs_momentseg_inference_inputs():
+    """App. B.2 / Table 10 in configs/label/qwen2_5vl-3b_sam2.1-l.yaml: 100 [FIND] frames at 64 tokens, 8 key
+    frames at 256, temporal tokens off (50 at 16 when on), MCS w = 5 and sigma = 1 [FIND] frames, theta 0.4;
+    the model's 64-token cap survives a command line replacing ``model.overrides``."""
+    from pipelines.label_config import load_label_config
+
+    config, model_config = load_label_config("configs/label/qwen2_5vl-3b_sam2.1-l.yaml",
+                                             ["model.overrides=[mllm.backbone=/m/qwen,sam2.checkpoint=/m/sam2.pt]"])
+    engine, tokens = config.engine, lambda side: round(side / 28) ** 2
+    assert (engine.lowres_frames, tokens(engine.lowres_side), model_config.mllm.video_tokens_per_frame) == (100, 64, 64)
+    assert (engine.sampling.k, tokens(engine.keyframe_side), model_config.mllm.image_max_tokens) == (8, 256, 256)
+    assert (engine.temporal_tokens, engine.temporal_frames, tokens(engine.temporal_side)) == (False, 50, 16)
+    assert (engine.sampling.method, engine.sampling.window, engine.sampling.sigma) == ("mcs", 5, 1.0)
+    assert (engine.find_threshold, engine.propagation.mode, engine.propagation.lam) == (0.4, "bap", 0.9)
+    assert model_config.mllm.backbone == "/m/qwen"
 
 
 def test_interpolate_relevance_is_linear_between_samples():

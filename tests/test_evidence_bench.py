@@ -107,6 +107,9 @@ def test_orderings_and_mode_rows() -> None:
     assert evidence.tiers_hold({"mcs": None, "firstk": 0.3}, tiers) is None
     assert evidence.parse_modes(["forward:uniform", "keyframe", "bap"], "mcs") == [
         ("uniform", "forward"), ("mcs", "keyframe"), ("mcs", "bap")]
+    assert evidence.parse_modes(evidence.DEFAULT_MODES, "mcs") == [  # Table 9's rows, top to bottom
+        ("mcs", "forward"), ("mcs", "anchor_updating"), ("mcs", "memory_cleaning"), ("mcs", "bap")]
+    assert evidence.BASELINE == ("uniform", "anchor_updating")
     with pytest.raises(ValueError, match="propagation.mode"):
         evidence.parse_modes(["sideways"], "mcs")
     with pytest.raises(ValueError, match="sampling.method"):

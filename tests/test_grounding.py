@@ -1,4 +1,5 @@
-"""``actors.grounding.predict_moment``: the [FIND] moment rule on hand-made curves (exact seconds)."""
+"""``actors.grounding``: the [FIND] moment rule on hand-made curves (exact seconds), and what labeling and
+``vrseg ground`` write per expression."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from actors.grounding import find_probabilities, predict_moment
+from actors.grounding import ExpressionMoment, find_probabilities, ground_expressions, predict_moment
 
 HIGH, LOW = 5.0, -5.0  # sigmoid 0.993 and 0.007: clearly above and below theta = 0.4
 
@@ -79,3 +80,21 @@ def test_extreme_logits_do_not_overflow() -> None:
 def test_unusable_inputs_raise(curve: np.ndarray, fps: float, threshold: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         predict_moment(curve, fps, threshold)
+
+
+def test_ground_expressions_gives_each_expression_its_moment_and_compact_curve() -> None:
+    # [FIND] scored frames 1, 3, 5, 7 of an 8-frame video at 2 fps; the curve over every frame is their
+    # linear interpolation (constant beyond the ends), as the engine builds it
+    find_frames = np.array([1, 3, 5, 7])
+    scored = np.array([[LOW, HIGH, HIGH, LOW], [0.0, LOW, LOW, LOW]])
+    curves = np.stack([np.interp(np.arange(8), find_frames, row) for row in scored])
+    # expression 0: logits LOW LOW 0 HIGH HIGH HIGH 0 LOW -> p >= 0.4 on frames 2..6 -> [1.0, 3.5) s
+    # expression 1: logits 0 0 -2.5 LOW ... -> frames 0..1 -> [0.0, 1.0) s
+    low, high = round(1 / (1 + math.exp(5.0)), 4), round(1 / (1 + math.exp(-5.0)), 4)
+    assert ground_expressions(curves, find_frames, fps=2.0) == [
+        ExpressionMoment(1.0, 3.5, [1, 3, 5, 7], [low, high, high, low]),
+        ExpressionMoment(0.0, 1.0, [1, 3, 5, 7], [0.5, low, low, low]),
+    ]
+    assert ground_expressions(curves, find_frames, fps=2.0, threshold=0.6)[0].start == 1.5  # frames 3..5
+    with pytest.raises(ValueError, match="within 0..T-1"):
+        ground_expressions(curves, np.array([1, 8]), fps=2.0)

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from label_corpus import (
+    corpus_videos,
     engine_masks,
+    engine_moments,
     label_cli,
     label_config,
     masks_bytes,
@@ -134,6 +136,21 @@ def test_resume_skips_committed_and_redoes_exactly_the_missing_video(s3, ray_loc
     first = label(InputSpec(manifest=manifest), output, config, model, progress=False)
     assert (first.done, first.skipped, first.failed) == (4, 0, 0)
     before = masks_bytes(s3, output)
+
+    # beside its masks, each expression's predicted moment (seconds) and the compact [FIND] curve it was
+    # read from, as the [FIND] pass and actors.grounding compute them in this process
+    reference = engine_moments(corpus_videos())
+    records = OutputStore(output, s3.storage_options).committed()
+    assert sorted((v, t["expr_id"]) for v, r in records.items() for t in r.extra["expressions"]) == sorted(reference)
+    for video_id, record in records.items():
+        duration = record.extra["num_frames"] / record.extra["fps"]
+        for track in record.extra["expressions"]:
+            expected = reference[(video_id, track["expr_id"])]
+            assert track["moment"] == [expected.start, expected.end]
+            assert 0.0 <= track["moment"][0] < track["moment"][1] <= duration
+            assert track["find_frames"] == expected.find_frames and len(track["find_frames"]) == 16
+            np.testing.assert_allclose(track["find_scores"], expected.find_scores, atol=1e-4)
+            assert set(track) == {"expr_id", "moment", "find_frames", "find_scores", "anchor", "key_frames", "cleared"}
 
     again = label(InputSpec(manifest=manifest), output, config, model, progress=False)
     assert (again.done, again.skipped, again.failed) == (0, 4, 0)

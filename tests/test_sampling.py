@@ -28,6 +28,7 @@ from actors.sampling import (
     tks_scores,
     tks_select,
     uniform_indices,
+    window_frames,
 )
 
 RELEVANCE_METHODS = ("topk", "nearbyk", "mcs")
@@ -172,8 +173,46 @@ def test_mcs_anchor_is_the_centre_of_the_best_window_eq6(curve, k, window, sigma
     w = min(window, curve.size)
     window_sums = [math.fsum(scores[i : i + w]) for i in range(curve.size - w + 1)]
     tolerance = TIE_TOLERANCE * math.fsum(scores)
-    earliest_best = next(i for i, total in enumerate(window_sums) if total >= max(window_sums) - tolerance)
-    assert result.anchor == earliest_best + w // 2
+    tied = [total >= max(window_sums) - tolerance for total in window_sums]
+    first = tied.index(True)
+    last = first
+    while last + 1 < len(tied) and tied[last + 1]:
+        last += 1
+    assert result.anchor == (first + last) // 2 + w // 2  # i* = the middle of the first run of tied windows
+
+
+def test_mcs_anchor_is_centred_on_a_tied_plateau():
+    relevance = np.array([0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=float)
+    # w = 3: window sums 1, 2, 3, 3, 3, 3, 2, 1 -> starts 2..5 tie; i* = (2 + 5) // 2 = 3, c* = 4, the
+    # middle of the plateau 2..7 (the earliest window would put c* at 3)
+    assert moment_center(relevance, 3) == 4
+    assert hand_mcs().sample(relevance, 3).anchor == 4
+    # two separate plateaus of equal mass: the earlier one, centred
+    twin = np.array([1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1], dtype=float)
+    assert moment_center(twin, 2) == (0 + 2) // 2 + 1
+    # a [FIND] curve saturated over a long stretch: the anchor is its centre, not its start
+    saturated = np.full(40, -8.0)
+    saturated[10:30] = 8.0
+    result = make_sampler(SamplingConfig(method="mcs", k=5, window=5, sigma=1.0)).sample(saturated, 5)
+    assert result.anchor == 19
+
+
+def test_mcs_window_and_sigma_are_in_find_frame_units():
+    # probabilities over 40 frames: a spike of 10 at frame 5, a block of 1s over frames 20..39
+    relevance = np.zeros(40)
+    relevance[5] = 10.0
+    relevance[20:] = 1.0
+    sampler = MomentCentric(RelevancePrep(kind="probabilities", sigma=0.0), window=5)
+    # scored frame by frame, w = 5 frames: the spike's windows (sum 10) beat the block's (sum 5)
+    assert sampler.sample(relevance, 4).anchor in range(3, 8)
+    # each [FIND] frame standing for 4 video frames, w = 20 frames: the block's window (20) wins, centred
+    assert window_frames(5, 4.0) == 20
+    assert sampler.sample(relevance, 4, stride=4.0).anchor == 20 + 10
+    # sigma scales the same way: sigma 1 [FIND] frame = 4 video frames
+    smooth = RelevancePrep(kind="probabilities", sigma=1.0)
+    np.testing.assert_allclose(smooth.distribution(relevance, 4.0), relevance_distribution(relevance, "probabilities", 4.0))
+    with pytest.raises(SamplingError, match=r"stride \(video frames per \[FIND\] frame\) must be finite and > 0"):
+        sampler.sample(relevance, 4, stride=0.0)
 
 
 @PROFILE
@@ -201,7 +240,7 @@ def test_mcs_puts_more_samples_in_a_high_relevance_moment_than_uniform(num_frame
 def test_mcs_by_hand_two_sided_moment():
     relevance = np.array([0, 1, 0, 0, 2, 4, 2, 0, 1, 0], dtype=float)
     # Eq. 6 with w = 3: window sums 1, 1, 2, 6, 8, 6, 3, 1 -> i* = 4, c* = 4 + 1 = 5
-    assert moment_center(relevance, 3) == (4, 5)
+    assert moment_center(relevance, 3) == 5
     # masses: w_L = S[0:5] = 3, w_R = S[6:10] = 3 -> K-1 = 4 split 2 / 2
     assert split_budget(3.0, 3.0, 4, 5, 4) == (2, 2)
     # left S[0:5] = [0,1,0,0,2]: F = [0, 1/3, 1/3, 1/3, 1]; u = 0.25, 0.75 -> frames 1, 4
@@ -215,7 +254,7 @@ def test_mcs_by_hand_two_sided_moment():
 
 def test_mcs_by_hand_repeated_frames_move_to_the_nearest_free_frame_on_their_side():
     relevance = np.array([0, 0, 0, 0, 1, 10, 1, 0, 0, 0], dtype=float)
-    assert moment_center(relevance, 3) == (4, 5)  # sums 0, 1, 11, 12, 11, 1, 0, 0
+    assert moment_center(relevance, 3) == 5  # sums 0, 1, 11, 12, 11, 1, 0, 0
     assert split_budget(1.0, 1.0, 4, 5, 4) == (2, 2)
     assert inverse_cdf(relevance[:5], 2).tolist() == [4, 4]  # all left mass on frame 4
     assert spread_duplicates(np.array([4, 4]), 0, 4, toward_anchor=1).tolist() == [3, 4]
@@ -348,6 +387,7 @@ def test_negative_probabilities_and_lengths_are_errors():
 
 def test_config_is_validated_through_load_config(tmp_path):
     path = tmp_path / "sampling.yaml"
+    assert (SamplingConfig().window, SamplingConfig().sigma) == (5, 1.0)  # the authors' code, in [FIND] frames
     path.write_text("method: mcs\nk: 10\nwindow: 24\nsigma: 1.5\n")
     config = load_config(SamplingConfig, path, ["relevance=probabilities"])
     assert (config.method, config.k, config.window, config.sigma, config.relevance) == (
