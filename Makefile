@@ -12,7 +12,7 @@ lint: env
 	.venv/bin/ruff check actors pipelines tests benches
 
 test: env lint
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 # benches/evidence.py measures a trained model: `make model` runs it on the model it trains.
 bench: env

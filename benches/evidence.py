@@ -76,6 +76,7 @@ from actors.engine import EngineConfig, ExpressionQuery, PromptStage, VideoLabel
 from actors.grounding import FIND_THRESHOLD, predict_moment
 from actors.mllm import load_inference_model
 from actors.model.config import ModelConfig
+from actors.model.prompt_diagnostics import seg_prompt_diagnostics
 from actors.model.segmllm import SegModel
 from actors.sampling import SamplingConfig
 from pipelines import metrics
@@ -284,6 +285,25 @@ def grounding_figures(moments: Sequence[Moment], predictions: dict[int, tuple[fl
     return {**summary.scores, "num_queries": summary.num_expressions, "missing": len(summary.missing)}
 
 
+# --------------------------------------------------------------------------------------- prompts
+def prompt_figures(network: SegModel, engine: EngineConfig, decoder: DecoderConfig, split: Split) -> dict[str, Any]:
+    """Mean ``seg_prompt_diagnostics`` over the videos with >= 2 expressions (``sampling.k`` uniform key frames
+    at ``keyframe_side``): do the ``[SEG]`` prompts tell the expressions apart, and does SAM2 follow them."""
+    spreads, swaps = [], []
+    for video in split.videos:
+        texts = [e.text for e in video.record.expressions]
+        if len(texts) < 2:
+            continue
+        with VideoDecoder(str(video.path), None, decoder) as source:
+            size = fit_within(source.height, source.width, engine.keyframe_side)
+            key_frames = source.uniform(min(engine.sampling.k, source.num_frames), size).frames
+        diagnostics = seg_prompt_diagnostics(network, key_frames, texts)
+        spreads.append(diagnostics.spread)
+        swaps.append(diagnostics.swap)
+    return {"seg_prompt_spread": float(np.mean(spreads)) if spreads else None,
+            "prompt_swap_sensitivity": float(np.mean(swaps)) if swaps else None, "videos": len(spreads)}
+
+
 # --------------------------------------------------------------------------------------- targets
 def tiers_hold(values: dict[str, float | None], tiers: Sequence[Sequence[str]]) -> bool | None:
     """Every member of a tier strictly above every member of the next (tiers absent from ``values`` are
@@ -340,7 +360,8 @@ def measure(config: LabelConfig, network: SegModel, split: Split,
     start = time.perf_counter()
     tsg = grounding_figures(split.moments(), ground(network, engine, decoder, split, threshold))
     print(f"  grounded {tsg['num_queries']} queries in {time.perf_counter() - start:.1f}s", flush=True)
-    return runs, {"setting": list(main_setting), "refvos": refvos, "tsg": tsg}
+    prompts = prompt_figures(network, engine, decoder, split)
+    return runs, {"setting": list(main_setting), "refvos": refvos, "tsg": tsg, "prompts": prompts}
 
 
 def pct(value: float | None) -> str:
@@ -369,6 +390,9 @@ def print_tables(figures: dict[str, Any]) -> None:
     print("\nTSG (Charades-STA protocol)  R@0.3  R@0.5  R@0.7   mIoU      n")
     print(f"  [FIND], theta {figures['threshold']:<10} {pct(tsg['R@0.3'])} {pct(tsg['R@0.5'])} "
           f"{pct(tsg['R@0.7'])} {pct(tsg['mIoU'])} {tsg['num_queries']:6d}")
+    prompts = main["prompts"]
+    print(f"\n[SEG] prompts ({prompts['videos']} videos): spread across expressions {prompts['seg_prompt_spread']}, "
+          f"SAM2 mask change on swapping prompts {prompts['prompt_swap_sensitivity']} (0: masks ignore the expression)")
     print(f"\nSampler ablation (late-target expressions, propagation {figures['sampler_mode']})   J&F")
     for method, value in figures["samplers"].items():
         print(f"  {method:<58} {pct(value)}")
