@@ -16,6 +16,10 @@ Bidirectional Anchor-updated Propagation (3.2.3) to the previous row, plus VRS-H
 - ``memory_cleaning``: one-way, anchor updating, Eq. 8 memory cleaning ("+Adaptive Memory Cleaning");
 - ``bap``: bidirectional, anchor updating, memory cleaning ("+Bidirectional Propagation"; the default);
 - ``keyframe``: bidirectional, no updating, no cleaning (VRS-HQ: propagation from the TKS keyframe).
+- ``one_token_seg_all``: no propagation at all (VideoLISA's One-Token-Seg-All at inference: the single
+  ``<TRK>``/``[SEG]`` prompt is decoded by SAM2's mask decoder on every frame of the video, each frame on
+  its own, without memory, as the authors' ``evaluate`` returns a mask per frame from the one token). The
+  engine runs it (``MaskStage``); there is no policy to follow, so ``PropagationPolicy`` refuses it.
 
 What each feature does:
 
@@ -76,6 +80,7 @@ class Features:
     bidirectional: bool
     anchor_updating: bool
     memory_cleaning: bool
+    tracking: bool = True  # False: nothing propagates, every frame is decoded from the prompt
 
 
 MODES: dict[str, Features] = {
@@ -84,6 +89,7 @@ MODES: dict[str, Features] = {
     "memory_cleaning": Features(bidirectional=False, anchor_updating=True, memory_cleaning=True),
     "bap": Features(bidirectional=True, anchor_updating=True, memory_cleaning=True),
     "keyframe": Features(bidirectional=True, anchor_updating=False, memory_cleaning=False),
+    "one_token_seg_all": Features(bidirectional=False, anchor_updating=False, memory_cleaning=False, tracking=False),
 }
 TABLE9_ROWS = ("forward", "anchor_updating", "memory_cleaning", "bap")  # MomentSeg Table 9, top to bottom
 
@@ -197,6 +203,8 @@ class PropagationPolicy:
         if keys[0] < 0 or keys[-1] >= num_frames:
             raise BAPError(f"key frames {keys} fall outside the video's frames 0..{num_frames - 1}")
         features = config.features
+        if not features.tracking:
+            raise BAPError(f"mode '{config.mode}' propagates nothing: the engine decodes every frame instead")
         self.num_frames, self.config, self.features = num_frames, config, features
         start = keys[0] if anchor is None or not features.bidirectional else int(anchor)
         if start not in keys:

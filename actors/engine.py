@@ -31,9 +31,10 @@ Choices where the papers leave room (MomentSeg 3.2.1-3.2.3, VRS-HQ, DeSa2VA):
 - The start frame and every key frame a pass reaches with anchor updating output the key-frame mask
   decoded from the prompt; the per-frame score written there is its S^p (``actors.bap`` for the modes).
 - Decoupled prompts (DeSa2VA): the text- and visual-prompt masks are fused by averaging their logits;
-  mask re-prompt feeds the first decoded low-res logits back once as SAM2's dense prompt.
-- TKS (VRS-HQ): the uniform candidates are decoded with the fused ``<TAK>`` prompt; the keyframe with the
-  best ``tks_scores`` becomes the anchor (needs ``mllm.tda.enabled``).
+  mask re-prompt feeds the fused low-res logits back once as SAM2's dense prompt to the same prompts
+  (``actors.model.segmllm.decode_seg_prompts``).
+- TKS (VRS-HQ): the candidates (``TokenKeyframeCandidates``) are decoded with the fused ``<TAK>`` prompt;
+  the keyframe with the best ``tks_scores`` becomes the anchor (needs ``mllm.tda.enabled``).
 - SAM2 frames are the source-size frames (resized, bilinear antialiased, to SAM2's square input size
   where they are larger: what SAM2's preprocessing does anyway), the key frames' and the streams' alike;
   the MLLM's key frames are resized from the same frames; masks are
@@ -57,9 +58,9 @@ from actors.decode import FrameChunk, FrameSource, Size, fit_within, uniform_ind
 from actors.frame_store import StoreFile, frame_store
 from actors.grounding import FIND_THRESHOLD
 from actors.mask_spool import MaskSink, MaskSpool
-from actors.model.sam2_bridge import ImageFeatures, MaskPrediction, Sam2Bridge
+from actors.model.sam2_bridge import MaskPrediction, Sam2Bridge
 from actors.model.sam2_session import Sam2VideoSession
-from actors.model.segmllm import SegMLLM, SegPrompts
+from actors.model.segmllm import SegMLLM, SegPrompts, decode_seg_prompts
 from actors.sampling import Sampler, SampleResult, SamplingConfig, make_sampler, tks_select
 
 
@@ -365,6 +366,8 @@ class MaskStage:
         key_frames = key_frames.resized(self.frame_size)
         if self.config.sampling.method == "tks":
             samples = self._select_keyframes(samples, prompts, key_frames)
+        if not self.config.propagation.features.tracking:
+            return self._decode_every_frame(source, source_size, samples, prompts, sink)
         key_masks = self._key_masks(samples, prompts, key_frames)
         policies = [
             PropagationPolicy(source.num_frames, s.key_frames.tolist(), s.anchor, key_masks[e].confidence,
@@ -377,20 +380,6 @@ class MaskStage:
                 for e in range(len(samples))]
 
     # ------------------------------------------------------------------ key-frame masks
-    def _decode(self, features: ImageFeatures, prompts: SegPrompts) -> MaskPrediction:
-        """Masks of one expression's prompts on one frame (decoupled fusion and re-prompt applied)."""
-        if prompts.text_prompts is not None and prompts.visual_prompts is not None:
-            text = self.sam2.decode_masks(features, prompts.text_prompts)
-            visual = self.sam2.decode_masks(features, prompts.visual_prompts)
-            prediction = MaskPrediction(
-                *((a + b) / 2 for a, b in zip(vars(text).values(), vars(visual).values(), strict=True))
-            )
-        else:
-            prediction = self.sam2.decode_masks(features, prompts.prompts)
-        if self.config.reprompt:
-            prediction = self.sam2.decode_masks(features, prompts.prompts, dense_prompt=prediction.low_res_logits)
-        return prediction
-
     def _frame_predictions(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
                            key_frames: KeyFrames) -> dict[tuple[int, int], MaskPrediction]:
         """(frame, expression) -> prediction on each of its key frames. Each frame's image features are
@@ -409,7 +398,7 @@ class MaskStage:
                     out[(frame, e)] = MaskPrediction(*(v[i : i + 1] for v in vars(batch).values()))
             else:
                 for e in expressions:
-                    out[(frame, e)] = self._decode(features, prompts[e])
+                    out[(frame, e)] = decode_seg_prompts(self.sam2, features, prompts[e], self.config.reprompt)
         return out
 
     def _key_masks(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
@@ -433,6 +422,21 @@ class MaskStage:
             similarity = prompts[e].frame_similarity[0].float().cpu().numpy()
             selected.append(tks_select(sample, logits, similarity))
         return selected
+
+    def _decode_every_frame(self, source: FrameSource, source_size: Size, samples: Sequence[SampleResult],
+                            prompts: Sequence[SegPrompts], sink: MaskSink) -> list[ExpressionMasks]:
+        """VideoLISA One-Token-Seg-All at inference (``propagation.mode: one_token_seg_all``): each
+        expression's one prompt decoded on every frame, streamed front to back, with no memory between
+        frames; each frame's image features once for all expressions. The score is sigmoid(object-score
+        logit); the recorded anchor is the first key frame (nothing starts there: there is no propagation)."""
+        to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
+        for chunk in source.stream(0, "forward", source_size, self.config.chunk_size):
+            frames = KeyFrames(chunk.indices, resize_frames(chunk.frames, self.frame_size))
+            every = [SampleResult(chunk.indices, anchor=None)] * len(samples)
+            for (frame, e), prediction in self._frame_predictions(every, prompts, frames).items():
+                rle = to_rle.from_logits(prediction.mask_logits)[0]
+                sink.put(e, frame, rle["counts"], float(torch.sigmoid(prediction.object_score_logits[0])))
+        return [ExpressionMasks(int(s.key_frames[0]), s.key_frames.tolist(), []) for s in samples]
 
     # ------------------------------------------------------------------ propagation (BAP)
     def _propagate(self, source: FrameSource, source_size: Size, policies: list[PropagationPolicy],

@@ -10,8 +10,9 @@ Methods (``SamplingConfig.method``):
 - ``topk``    (MomentSeg Table 8, "KeyFrame (TopK)"): the K frames of highest relevance.
 - ``nearbyk`` (MomentSeg Table 8, "KeyFrame (NearbyK)"): K adjacent frames around the most relevant one.
 - ``mcs``     (MomentSeg 3.2.2, Eq. 6-7, Alg. 1): moment-centric sampling, see ``MomentCentric``.
-- ``tks``     (VRS-HQ token-driven keyframe selection): ``uniform`` candidates; once the engine has SAM2
-  object scores and ``<SEG>``/``<TAK>`` similarities for them, ``tks_select`` picks the keyframe (anchor).
+- ``tks``     (VRS-HQ token-driven keyframe selection): the authors' candidates (``TokenKeyframeCandidates``,
+  a stride through the most relevant frame); once the engine has SAM2 object scores and ``<SEG>``/``<TAK>``
+  similarities for them, ``tks_select`` picks the keyframe (anchor).
 - ``sparse_dense`` (VideoLISA): K = T_sparse uniform context frames, ``dense`` = T_dense of them (a uniform
   subset) segmented at full resolution; the dense set is ``SampleResult.key_frames``.
 
@@ -427,17 +428,50 @@ class SparseDense:
         return SampleResult(sparse, anchor=None, key_frames=dense)
 
 
-def tks_scores(object_score_logits: np.ndarray, seg_tak_similarity: np.ndarray) -> np.ndarray:
-    """VRS-HQ TKS score per candidate frame: sigmoid(object score logit) + (1 + cos) / 2, each in [0, 1].
+@dataclass(frozen=True)
+class TokenKeyframeCandidates:
+    """VRS-HQ TKS candidates, as the authors' inference samples them (SitongGong/VRS-HQ,
+    ``sample_frames``): a frame-text relevance picks the most relevant frame p, and the candidates are the
+    frames at a fixed stride through p, step = ceil(T / (K - 1)), from p mod step to the end: p is always
+    among them, and there are at most K - 1 (K = 1: p alone). A video of T <= K frames gives every frame
+    (this module's rule for short videos; the authors' stride would keep about half at T = K). The authors' p is
+    the argmax of CLIP's frame-text scores and K = 12 (``max_image_token``); here the frame-text relevance
+    is the ``[FIND]`` curve, taken as given (no smoothing), earliest frame on ties. These frames are the
+    ones the MLLM sees (one ``<SEG>`` each) and the ones TKS scores; the anchor until ``tks_select`` is p
+    (the authors' initial conditioning frame).
+    """
 
-    ``object_score_logits``: SAM2's object (occlusion) score logit for the frame when prompted with the
-    fused ``<TAK>`` embedding. ``seg_tak_similarity``: cosine similarity of that frame's ``<SEG>`` token
-    to ``<TAK>``. Both terms are mapped to [0, 1] and summed with equal weight (the paper combines the
-    two criteria without giving weights).
+    uses_relevance: bool = True
+
+    def sample(self, relevance: np.ndarray, k: int, stride: float = 1.0) -> SampleResult:
+        num_frames = check_request(relevance, k)
+        peak = int(np.argmax(relevance))
+        if num_frames <= k:
+            return SampleResult(np.arange(num_frames, dtype=np.int64), anchor=peak)
+        if k == 1:
+            return SampleResult(np.array([peak]), anchor=peak)
+        step = math.ceil(num_frames / (k - 1))
+        return SampleResult(np.arange(peak % step, num_frames, step, dtype=np.int64), anchor=peak)
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    exponent = np.exp(values - values.max())
+    return exponent / exponent.sum()
+
+
+def tks_scores(object_score_logits: np.ndarray, seg_tak_similarity: np.ndarray) -> np.ndarray:
+    """VRS-HQ TKS score per candidate frame, as the authors' inference computes it (SitongGong/VRS-HQ,
+    ``model_forward``): softmax over the candidates of SAM2's object-score logits plus softmax over the
+    candidates of the ``<SEG>``/``<TAK>`` cosine similarities (temperature 1, equal weights; each term
+    sums to 1 over the candidates).
+
+    ``object_score_logits``: SAM2's object (occlusion) score logit for each candidate frame when prompted
+    with the fused ``<TAK>`` embedding (VRS-HQ Eq. 2). ``seg_tak_similarity``: cosine similarity of that
+    frame's ``<SEG>`` token to ``<TAK>``, the same values whose softmax weights TDA (Eq. 2).
     """
     logits = np.asarray(object_score_logits, dtype=np.float64)
     cosine = np.asarray(seg_tak_similarity, dtype=np.float64)
-    if logits.ndim != 1 or logits.shape != cosine.shape:
+    if logits.ndim != 1 or logits.shape != cosine.shape or logits.size == 0:
         raise SamplingError(
             f"TKS needs one object score and one similarity per candidate, got shapes {logits.shape} and {cosine.shape}"
         )
@@ -450,15 +484,14 @@ def tks_scores(object_score_logits: np.ndarray, seg_tak_similarity: np.ndarray) 
         raise SamplingError(
             f"TKS seg_tak_similarity must be a cosine in [-1, 1]; candidates {outside[:10].tolist()} are not"
         )
-    return expit(logits) + (1.0 + np.clip(cosine, -1.0, 1.0)) / 2.0
+    return _softmax(logits) + _softmax(np.clip(cosine, -1.0, 1.0))
 
 
 def tks_select(
     candidates: SampleResult, object_score_logits: np.ndarray, seg_tak_similarity: np.ndarray
 ) -> SampleResult:
-    """The candidates with the TKS keyframe (highest ``tks_scores``, earliest on ties) as anchor.
-
-    Scores are given per frame of ``candidates.key_frames``, in order.
+    """The candidates with the TKS keyframe (highest ``tks_scores``, earliest on ties, as the authors'
+    ``list.index(max)``) as anchor. Scores are given per frame of ``candidates.key_frames``, in order.
     """
     scores = tks_scores(object_score_logits, seg_tak_similarity)
     if scores.size != candidates.key_frames.size:
@@ -477,7 +510,7 @@ SAMPLERS: dict[str, Callable[[SamplingConfig], Sampler]] = {
     "topk": lambda config: TopK(_relevance_prep(config)),
     "nearbyk": lambda config: NearbyK(_relevance_prep(config)),
     "mcs": lambda config: MomentCentric(_relevance_prep(config), window=config.window),
-    "tks": lambda config: Uniform(),
+    "tks": lambda config: TokenKeyframeCandidates(),
     "sparse_dense": lambda config: SparseDense(dense=config.dense),
 }
 

@@ -134,6 +134,12 @@ def test_without_anchor_bidirectional_modes_start_at_the_first_key_frame() -> No
     assert actions[:2] == [Seed(5, F), Seed(5, B)]
 
 
+def test_one_token_seg_all_has_no_propagation_policy() -> None:
+    assert not MODES["one_token_seg_all"].tracking and all(MODES[m].tracking for m in (*TABLE9_ROWS, "keyframe"))
+    with pytest.raises(BAPError, match="propagates nothing"):
+        PropagationPolicy(10, [3, 6], 6, {}, PropagationConfig(mode="one_token_seg_all"))
+
+
 def test_one_way_modes_ignore_the_anchor_and_leave_frames_before_the_first_key_frame() -> None:
     for mode in ("forward", "anchor_updating", "memory_cleaning"):
         policy = PropagationPolicy(10, [3, 6], 6, {6: 1.0}, PropagationConfig(mode=mode))

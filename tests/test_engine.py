@@ -19,6 +19,7 @@ from actors.engine import (
     VideoLabeler,
     interpolate_relevance,
     key_frame_union,
+    resize_frames,
     sample_expressions,
 )
 from actors.mask_spool import MaskSpool
@@ -254,6 +255,37 @@ def test_tks_picks_anchor_among_candidates(tda_model, short_video):
         assert out.anchor in out.key_frames and len(out.rles) == 20
 
 
+def test_one_token_seg_all_decodes_every_frame_from_the_prompt_without_propagation(model, short_video,
+                                                                                  monkeypatch):
+    """VideoLISA OTSA: no SAM2 session is opened; every frame's mask and score are the expression's one
+    prompt decoded on that frame alone, without memory."""
+    import actors.engine as engine_module
+
+    def no_session(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("OTSA must not propagate")
+
+    monkeypatch.setattr(engine_module, "Sam2VideoSession", no_session)
+    labeler = _labeler(model, propagation=PropagationConfig(mode="one_token_seg_all"))
+    captured = []
+    prompts_of = labeler.prompt_stage.prompts
+    monkeypatch.setattr(labeler.prompt_stage, "prompts", lambda *a, **k: captured.extend(prompts_of(*a, **k)) or captured)
+    video, path = short_video
+    with VideoDecoder(path) as source:
+        labels = labeler.label(source, _queries(video)[:2])
+        frames = source.get(np.arange(20), labeler.mask_stage.source_size(source.height, source.width))
+    sam2 = labeler.mask_stage.sam2
+    frames = resize_frames(frames, labeler.mask_stage.frame_size)
+    for e, out in enumerate(labels.expressions):
+        assert out.cleared == [] and out.anchor == out.key_frames[0]
+        with torch.inference_mode():
+            expected = sam2.decode_masks(frames, captured[e].prompts.expand(20, -1))
+        np.testing.assert_allclose(out.scores, torch.sigmoid(expected.object_score_logits).numpy(), rtol=1e-4)
+        logits = torch.nn.functional.interpolate(expected.mask_logits[:, None], size=(48, 64), mode="bilinear",
+                                                 align_corners=False)[:, 0]
+        for frame in (3, 11, 17):
+            assert np.array_equal(rle_codec.decode(out.rles[frame]), (logits[frame] > 0).numpy())
+
+
 def test_tks_requires_tda(model):
     with pytest.raises(ValueError, match="tda"):
         _labeler(model, sampling=SamplingConfig(method="tks", k=4))
@@ -325,6 +357,27 @@ def test_the_real_config_runs_momentseg_inference_inputs():
     assert (engine.sampling.method, engine.sampling.window, engine.sampling.sigma) == ("mcs", 5, 1.0)
     assert (engine.find_threshold, engine.propagation.mode, engine.propagation.lam) == (0.4, "bap", 0.9)
     assert model_config.mllm.backbone == "/m/qwen"
+
+
+def test_the_vrs_hq_config_runs_vrs_hq_as_published():
+    """<SEG> x N + <TAK> fused with alpha = 0.1, TKS over K = 12 candidates, propagation from the keyframe."""
+    from pipelines.label_config import load_label_config
+
+    config, model_config = load_label_config("configs/label/vrs-hq_qwen2_5vl-3b_sam2.1-l.yaml",
+                                             ["model.overrides=[mllm.backbone=/m/qwen,sam2.checkpoint=/m/sam2.pt]"])
+    assert (model_config.mllm.tda.enabled, model_config.mllm.tda.alpha) == (True, 0.1)
+    assert (config.engine.sampling.method, config.engine.sampling.k) == ("tks", 12)
+    assert config.engine.propagation.mode == "keyframe"
+
+
+def test_the_videolisa_config_runs_sparse_dense_and_one_token_seg_all():
+    from pipelines.label_config import load_label_config
+
+    config, _ = load_label_config("configs/label/videolisa_qwen2_5vl-3b_sam2.1-l.yaml",
+                                  ["model.overrides=[mllm.backbone=/m/qwen,sam2.checkpoint=/m/sam2.pt]"])
+    sampling = config.engine.sampling
+    assert (sampling.method, sampling.k, sampling.dense) == ("sparse_dense", 32, 4)
+    assert config.engine.propagation.mode == "one_token_seg_all"
 
 
 def test_interpolate_relevance_is_linear_between_samples():

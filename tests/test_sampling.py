@@ -62,7 +62,10 @@ def test_every_sampler_returns_k_distinct_sorted_in_range_frames_with_anchor_amo
     result = make_sampler(config).sample(curve, config.k)
     num_frames = curve.size
     assert result.indices.dtype == np.int64
-    assert result.indices.size == min(config.k, num_frames)
+    if config.method == "tks":  # the authors' stride gives at most K - 1 candidates on longer videos
+        assert 1 <= result.indices.size <= min(config.k, num_frames)
+    else:
+        assert result.indices.size == min(config.k, num_frames)
     assert np.all(np.diff(result.indices) > 0)
     assert result.indices[0] >= 0 and result.indices[-1] < num_frames
     assert np.isin(result.key_frames, result.indices).all()
@@ -70,7 +73,7 @@ def test_every_sampler_returns_k_distinct_sorted_in_range_frames_with_anchor_amo
         assert result.key_frames.size == min(config.dense, result.indices.size)
     else:
         assert np.array_equal(result.key_frames, result.indices)
-    if config.method in RELEVANCE_METHODS:
+    if config.method in (*RELEVANCE_METHODS, "tks"):
         assert result.anchor is not None and result.anchor in result.indices
     else:
         assert result.anchor is None
@@ -327,16 +330,29 @@ def test_sparse_dense_returns_uniform_context_and_a_uniform_dense_subset():
     assert result.anchor is None
 
 
+def test_tks_candidates_are_the_authors_stride_through_the_most_relevant_frame():
+    """VRS-HQ ``sample_frames``: step = ceil(T / (K - 1)) through the peak, from peak mod step."""
+    relevance = np.zeros(30)
+    relevance[17] = 3.0
+    candidates = make_sampler(SamplingConfig(method="tks", k=12)).sample(relevance, 12)
+    # step = ceil(30 / 11) = 3, start = 17 mod 3 = 2
+    assert candidates.indices.tolist() == [2, 5, 8, 11, 14, 17, 20, 23, 26, 29]
+    assert candidates.anchor == 17 and np.array_equal(candidates.key_frames, candidates.indices)
+    assert make_sampler(SamplingConfig(method="tks", k=12)).sample(relevance[:9], 12).indices.tolist() == list(
+        range(9)
+    )
+    assert make_sampler(SamplingConfig(method="tks", k=1)).sample(relevance, 1).indices.tolist() == [17]
+
+
 def test_tks_scores_and_selection_by_hand():
-    # sigmoid(0) + 0.95 = 1.45; sigmoid(2) + 0.55 = 1.4308; sigmoid(-1) + 1.0 = 1.2689
+    # softmax([0, 2, -1]) = [0.1142, 0.8438, 0.0420]; softmax([0.9, 0.1, 1.0]) = [0.3915, 0.1759, 0.4326]
     scores = tks_scores(np.array([0.0, 2.0, -1.0]), np.array([0.9, 0.1, 1.0]))
-    assert np.allclose(scores, [1.45, 1 / (1 + math.exp(-2.0)) + 0.55, 1 / (1 + math.exp(1.0)) + 1.0])
-    candidates = make_sampler(SamplingConfig(method="tks", k=3)).sample(np.zeros(9), 3)
-    assert candidates.indices.tolist() == [0, 4, 8] and candidates.anchor is None
+    assert np.allclose(scores, [0.5057, 1.0197, 0.4746], atol=1e-4)
+    candidates = SampleResult(np.array([0, 4, 8]), anchor=None)
     chosen = tks_select(candidates, np.array([0.0, 2.0, -1.0]), np.array([0.9, 0.1, 1.0]))
-    assert chosen.anchor == 0 and np.array_equal(chosen.indices, candidates.indices)
-    # a confident object score outweighs a middling similarity
-    assert tks_select(candidates, np.array([-6.0, 6.0, -6.0]), np.array([0.5, 0.2, 0.5])).anchor == 4
+    assert chosen.anchor == 4 and np.array_equal(chosen.indices, candidates.indices)
+    # the similarities decide when the object scores are equal
+    assert tks_select(candidates, np.array([1.0, 1.0, 1.0]), np.array([0.2, 0.1, 0.5])).anchor == 8
     # ties go to the earliest candidate
     assert tks_select(candidates, np.array([1.0, 1.0, 1.0]), np.array([0.3, 0.3, 0.3])).anchor == 0
 

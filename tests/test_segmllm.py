@@ -14,7 +14,7 @@ from actors.model.checkpoints import build_model
 from actors.model.config import DecoupleConfig, ModelConfig, ScratchConfig, TDAConfig
 from actors.model.prompts import ADDED_TOKENS, find_conversation
 from actors.model.scratch_backbone import build_scratch_backbone, build_tokenizer
-from actors.model.segmllm import SegMLLM, TrainSample
+from actors.model.segmllm import SegMLLM, SegPrompts, TrainSample, decode_seg_prompts
 
 TINY_YAML = "configs/model/tiny.yaml"
 EXPRESSIONS = ["red circle", "the blue square moving left", "dog", "a small green triangle that stops"]
@@ -189,3 +189,30 @@ def test_decoupled_training_parts():
     assert decoupler.text_proj.weight.grad.abs().sum() > 0
     assert decoupler.text_adversary[0].weight.grad.abs().sum() > 0
     assert decoupler.club.mu[0].weight.grad.abs().sum() > 0
+
+
+def test_decoupled_reprompt_decodes_the_trained_text_and_visual_prompts_again():
+    """DeSa2VA re-prompt: the fused mask is the dense prompt of a second decode of the same text and visual
+    prompts (fused again); the [SEG] projection, which decoupled training never supervises, is not read,
+    and the gradient of the re-prompted masks reaches both decoupler projections."""
+    model = build_model(load_config(ModelConfig, TINY_YAML, ["mllm.decouple.enabled=true"]))
+    sam2, decoupler = model.sam2.eval(), model.mllm.decoupler
+    states = torch.randn(1, decoupler.text_proj.in_features, generator=torch.Generator().manual_seed(0))
+    text, visual = decoupler(states)
+    frames = _frames(1, sam2.image_size, seed=5)
+    prompts = SegPrompts(prompts=torch.zeros_like(text), text_prompts=text, visual_prompts=visual)
+    out = decode_seg_prompts(sam2, frames, prompts, reprompt=True)
+
+    def mean(a, b):  # noqa: ANN001, ANN202
+        return [(x + y) / 2 for x, y in zip(vars(a).values(), vars(b).values(), strict=True)]
+
+    first = mean(sam2.decode_masks(frames, text), sam2.decode_masks(frames, visual))
+    again = mean(sam2.decode_masks(frames, text, dense_prompt=first[1]),
+                 sam2.decode_masks(frames, visual, dense_prompt=first[1]))
+    for got, expected in zip(vars(out).values(), again, strict=True):
+        torch.testing.assert_close(got, expected)
+    untrained = dataclasses.replace(prompts, prompts=torch.randn_like(text))
+    torch.testing.assert_close(decode_seg_prompts(sam2, frames, untrained, reprompt=True).mask_logits, out.mask_logits)
+    (out.mask_logits.sum() + out.object_score_logits.sum()).backward()
+    assert decoupler.text_proj.weight.grad.abs().sum() > 0
+    assert decoupler.visual_proj.weight.grad.abs().sum() > 0

@@ -117,3 +117,24 @@ def test_samples_decode_frames_masks_and_moment_labels(corpus: Path, ray_local: 
             assert row["frame_labels"].tolist() == expected
     again = SampleBuilder([ray.put(catalog)], config.data, seed=3)({"index": 5})
     assert again["expression"] == rows[5]["expression"] and np.array_equal(again["masks"], rows[5]["masks"])
+
+
+def test_joint_3b_follows_momentseg_appendix_b2():
+    """LoRA r = 128 (alpha 256), effective batch 16, warmup ratio 0.05, 5 video frames, 50 temporal frames,
+    and every Table 14 dataset the readers support."""
+    from actors.config import load_config
+    from actors.model.config import ModelConfig
+    from pipelines.train_config import load_train_config
+
+    config = load_train_config("configs/train/joint_3b.yaml", [
+        "storage_path=s3://runs", *(f"sources.{n}.uri=s3://d/{n}" for n in ("mevis", "revos", "refytvos",
+                                                                          "charades", "activitynet")),
+        "sources.charades.videos_uri=s3://d/cv", "sources.activitynet.videos_uri=s3://d/av"])
+    lora = load_config(ModelConfig, config.model_config, [*config.model_overrides, "mllm.backbone=/m/qwen",
+                                                       "sam2.checkpoint=/m/sam2.pt"]).mllm.lora
+    assert (lora.rank, lora.alpha) == (128, 256)
+    assert config.samples_per_step() == 16
+    assert config.optim.warmup_steps == 0.05 * config.max_steps
+    assert (config.data.key_frames, config.data.lowres_frames) == (5, 50)
+    assert sorted(s.format for s in config.sources.values()) == [
+        "activitynet", "charades-sta", "mevis", "refytvos", "revos"]

@@ -108,7 +108,15 @@ class TDAConfig:
 
 @dataclass
 class DecoupleConfig:
-    """DeSa2VA decoupled text/visual prompts (Sec. 3.2)."""
+    """DeSa2VA decoupled text/visual prompts (Sec. 3.2), trained in a single joint phase.
+
+    DeSa2VA trains in two phases: text pre-training of a separate text decoder (ground-truth labels turned
+    into point prompts), then decoupling with that decoder frozen. vrseg implements neither the separate
+    text decoder nor the pre-training phase: both prompts are decoded by the one SAM2 mask decoder and
+    trained together with the decoupler in one phase ("single-phase decoupling"), so it is DeSa2VA's
+    decoupling and fusion without its text pre-training (the paper's "without pre-training" rows).
+    Inference fuses and optionally re-prompts with the same two prompts (``segmllm.decode_seg_prompts``).
+    """
 
     enabled: bool = False
     grl_scale: float = 1.0

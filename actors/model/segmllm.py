@@ -56,7 +56,7 @@ from actors.model.prompts import (
     seg_conversation,
     tokenize_conversations,
 )
-from actors.model.sam2_bridge import Sam2Bridge
+from actors.model.sam2_bridge import FrameBatch, ImageFeatures, MaskPrediction, Sam2Bridge
 
 Frames = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8 RGB
 RESIZE_SEED = 0
@@ -89,6 +89,29 @@ class SegPrompts:
     frame_similarity: torch.Tensor | None = None
     text_prompts: torch.Tensor | None = None
     visual_prompts: torch.Tensor | None = None
+
+
+def decode_seg_prompts(
+    sam2: Sam2Bridge, frames: FrameBatch | ImageFeatures, prompts: SegPrompts, reprompt: bool = False
+) -> MaskPrediction:
+    """Masks of one expression's ``prompts`` on ``frames`` (a batch of one prompt, shared by the frames).
+
+    Plain prompts: SAM2 decodes ``prompts.prompts``. Decoupled prompts (DeSa2VA 3.2-3.3): the text prompt
+    and the visual prompt are each decoded and the two predictions fused by averaging (logits, IoUs, object
+    scores; the paper's summary names the fusion but not its operator). ``reprompt`` (DeSa2VA mask
+    re-prompting, one iteration: "a single iteration suffices"): the fused low-res logits become SAM2's dense
+    prompt and the *same* prompts are decoded again ("keeping other inputs fixed"), then fused the same way.
+    With decoupling, ``prompts.prompts`` (the ``[SEG]`` projection, which the decoupled losses never train) is
+    not read. Differentiable w.r.t. the prompts, so training may run it too.
+    """
+    sources = [prompts.prompts] if prompts.text_prompts is None else [prompts.text_prompts, prompts.visual_prompts]
+
+    def fused(dense: torch.Tensor | None) -> MaskPrediction:
+        predictions = [vars(sam2.decode_masks(frames, p, dense_prompt=dense)) for p in sources]
+        return MaskPrediction(**{k: sum(p[k] for p in predictions) / len(predictions) for k in predictions[0]})
+
+    prediction = fused(None)
+    return fused(prediction.low_res_logits) if reprompt else prediction
 
 
 @dataclass
