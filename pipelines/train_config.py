@@ -77,6 +77,11 @@ class SampleConfig:
     expressions too, not only for TSG queries (a choice beyond MomentSeg, which trains ``[FIND]`` on TSG data
     only; it needs nothing but the RefVOS masks, so it works with any RefVOS reader).
 
+    Sizes are boxes: with ``keep_aspect`` (the default) each video's frames are scaled to fit within the box
+    [h, w] with their aspect kept and never enlarged (``train_data.fitted_size``), as inference sizes them
+    (the engine's ``*_side`` and Qwen2.5-VL's processor keep the aspect); ``keep_aspect: false`` squashes
+    every video to exactly the box (the behaviour before it existed).
+
     SAM2 tracking samples (``objective: sam2_tracking``): ``clip_frames`` consecutive frames at ``clip_size``
     (H, W) of one annotated object, with its masks; the prompt on the clip's first frame where the object is
     visible is drawn from ``clip_prompts`` (relative weights of ``mask``, ``box``, ``points``).
@@ -96,6 +101,7 @@ class SampleConfig:
     clip_frames: int = 8
     clip_size: list[int] = field(default_factory=lambda: [256, 256])
     clip_prompts: dict[str, float] = field(default_factory=lambda: {"mask": 0.5, "box": 0.25, "points": 0.25})
+    keep_aspect: bool = True
 
     def __post_init__(self) -> None:
         if self.lowres_frames < 2 or self.lowres_frames % 2:

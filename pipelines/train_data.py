@@ -212,6 +212,18 @@ def present_frames(record: VideoRecord, expression: Expression) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ frames
+def fitted_size(height: int, width: int, box: Sequence[int], keep_aspect: bool = True) -> tuple[int, int]:
+    """The (h, w) a (height, width) video's frames are trained at for a ``data.*_size`` box [h, w]: scaled
+    to fit within the box with the aspect kept and never enlarged, as inference sizes frames
+    (``actors.decode.fit_within`` for the engine's square ``*_side`` boxes, and Qwen2.5-VL's processor keeps
+    the aspect too); exactly the box with ``keep_aspect`` false."""
+    box_height, box_width = int(box[0]), int(box[1])
+    if not keep_aspect:
+        return box_height, box_width
+    scale = min(box_height / height, box_width / width, 1.0)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def _resize(frames: np.ndarray, size: Sequence[int], resample: int) -> np.ndarray:
     height, width = int(size[0]), int(size[1])
     if frames.shape[1:3] == (height, width):
@@ -231,6 +243,14 @@ class JpegFrames:
     @property
     def num_frames(self) -> int:
         return self.record.num_frames
+
+    @property
+    def height(self) -> int:
+        return self.record.height
+
+    @property
+    def width(self) -> int:
+        return self.record.width
 
     def get(self, indices: np.ndarray, size: Sequence[int]) -> np.ndarray:
         cache: dict[int, np.ndarray] = {}
@@ -290,10 +310,15 @@ class SampleBuilder:
             return JpegFrames(source.videos[video_id], source.config.storage_options)
         return VideoDecoder(uri, source.config.storage_options)
 
-    def _empty(self, index: int, source: SourceCatalog, task: str, video_id: str, text: str,
-               template: int) -> dict[str, Any]:
+    def _size(self, frames: VideoDecoder | JpegFrames, box: Sequence[int]) -> tuple[int, int]:
+        return fitted_size(frames.height, frames.width, box, self.data.keep_aspect)
+
+    def _empty(self, index: int, source: SourceCatalog, task: str, video_id: str, text: str, template: int,
+               frames: VideoDecoder | JpegFrames) -> dict[str, Any]:
+        """A row with zero placeholders at this video's training sizes (a TSG row keeps its key frames and
+        masks empty; rows of one video always have one shape, rows of videos of other aspects differ)."""
         data = self.data
-        (h, w), (hh, ww) = data.lowres_size, data.keyframe_size
+        (h, w), (hh, ww) = self._size(frames, data.lowres_size), self._size(frames, data.keyframe_size)
         return {
             "index": index, "task": task, "source": source.name, "video_id": video_id, "expression": text,
             "template": template,
@@ -306,11 +331,11 @@ class SampleBuilder:
 
     def _tsg(self, index: int, source: SourceCatalog, item: TSGItem, template: int) -> dict[str, Any]:
         moment = item.moment
-        out = self._empty(index, source, "tsg", moment.video_id, moment.text, template)
         frames = self._frames(source, moment.video_id)
         try:
+            out = self._empty(index, source, "tsg", moment.video_id, moment.text, template, frames)
             indices = lowres_indices(frames.num_frames, self.data.lowres_frames)
-            out["lowres"] = frames.get(indices, tuple(self.data.lowres_size))
+            out["lowres"] = frames.get(indices, out["lowres"].shape[1:3])
             out["frame_labels"] = moment_labels(indices, frames.fps, moment.start, moment.end)
         finally:
             frames.close()
@@ -319,20 +344,20 @@ class SampleBuilder:
     def _refvos(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray, template: int,
                 rng: np.random.Generator) -> dict[str, Any]:
         record = source.videos[item.video_id]
-        out = self._empty(index, source, "refvos", item.video_id, item.expression.text, template)
         window = keyframe_window(present, self.data.key_frames, rng)
         frames = self._frames(source, item.video_id)
         try:
             if frames.num_frames != record.num_frames:
                 raise ValueError(f"{source.name} video {item.video_id!r}: the video has {frames.num_frames} frames, "
                                  f"the annotations {record.num_frames}")
+            out = self._empty(index, source, "refvos", item.video_id, item.expression.text, template, frames)
             indices = lowres_indices(record.num_frames, self.data.lowres_frames)
-            out["lowres"] = frames.get(indices, tuple(self.data.lowres_size))
-            out["key_frames"] = frames.get(window, tuple(self.data.keyframe_size))
+            out["lowres"] = frames.get(indices, out["lowres"].shape[1:3])
+            out["key_frames"] = frames.get(window, out["key_frames"].shape[1:3])
         finally:
             frames.close()
         masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
-        out["masks"] = _resize(masks, self.data.keyframe_size, Image.NEAREST)
+        out["masks"] = _resize(masks, out["key_frames"].shape[1:3], Image.NEAREST)
         if self.data.refvos_find:
             out["frame_labels"], out["find"] = present[indices].astype(np.uint8), True
         return out
@@ -350,13 +375,13 @@ class SampleBuilder:
             if frames.num_frames != record.num_frames:
                 raise ValueError(f"{source.name} video {item.video_id!r}: the video has {frames.num_frames} frames, "
                                  f"the annotations {record.num_frames}")
-            clip = frames.get(window, tuple(self.data.clip_size))
+            clip = frames.get(window, self._size(frames, self.data.clip_size))
         finally:
             frames.close()
         masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
         return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
                 "expression": item.expression.text, "template": 0, "clip_frames": clip,
-                "clip_masks": _resize(masks, self.data.clip_size, Image.NEAREST), "prompt": prompt}
+                "clip_masks": _resize(masks, clip.shape[1:3], Image.NEAREST), "prompt": prompt}
 
 
 # ------------------------------------------------------------------------------------------ dataset

@@ -16,6 +16,7 @@ from pipelines.formats import Expression, RLETrack, VideoRecord
 from pipelines.synthetic import COLOURS
 from pipelines.train_data import (
     SampleBuilder,
+    fitted_size,
     keyframe_window,
     lowres_indices,
     moment_labels,
@@ -80,6 +81,30 @@ def test_catalog_names_missing_locations_and_videos(corpus: Path, tmp_path: Path
     assert with_target < sum(len(video["expressions"]) for video in truth)  # no-target expressions are left out
     assert catalog.summary() == {"procedural_refvos": with_target, "procedural_tsg": moments}
     assert catalog.weights.tolist() == [0.5, 0.5]
+
+
+def test_fitted_size_keeps_the_aspect_within_the_box_and_never_enlarges() -> None:
+    assert fitted_size(240, 320, [64, 64]) == (48, 64)
+    assert fitted_size(240, 320, [120, 160]) == (120, 160)
+    assert fitted_size(320, 240, [112, 112]) == (112, 84)
+    assert fitted_size(48, 64, [112, 112]) == (48, 64)
+    assert fitted_size(240, 320, [64, 64], keep_aspect=False) == (64, 64)
+
+
+def test_samples_keep_the_video_aspect_as_inference_does(corpus: Path, ray_local: None) -> None:
+    import ray
+
+    squares = ("data.keyframe_size=[40,40]", "data.lowres_size=[32,32]", "data.clip_size=[40,40]")
+    for keep, key, low in ((True, (30, 40), (24, 32)), (False, (40, 40), (32, 32))):
+        config = tiny_config(corpus, *squares, f"data.keep_aspect={str(keep).lower()}")
+        builder = SampleBuilder([ray.put(read_catalog(config))], config.data, seed=3)
+        rows = [builder({"index": i}) for i in range(6)]
+        assert {r["task"] for r in rows} == {"refvos", "tsg"}
+        for row in rows:
+            assert row["lowres"].shape[1:3] == low and row["key_frames"].shape[1:3] == key
+            assert row["masks"].shape[1:] == key
+        clip = SampleBuilder([ray.put(read_catalog(config))], config.data, seed=3, objective="sam2_tracking")({"index": 0})
+        assert clip["clip_frames"].shape[1:3] == key and clip["clip_masks"].shape[1:] == key
 
 
 def _ground_truth(corpus: Path) -> dict[str, dict]:
