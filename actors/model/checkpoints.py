@@ -3,19 +3,23 @@
 Sources (``ModelConfig``): a Hugging Face Qwen2.5-VL directory (safetensors, no remote code) or the tiny
 model; a Sa2VA-Qwen2.5-VL checkpoint mapped key by key; a PEFT adapter directory; ``heads.safetensors``;
 a SAM2 checkpoint (``sam2_bridge``) and fine-tuned SAM2 mask-decoder weights. Remote directories are
-downloaded to a temporary directory first.
+downloaded to a temporary directory first, except a Sa2VA directory's weights: those are read shard by shard
+(one shard on local disk at a time) and copied tensor by tensor into the model built beforehand, so loading
+holds little more than the final model in memory.
 
 Safety: ``trust_remote_code`` is never set; a directory whose config asks for remote code (``auto_map``)
 or whose model type is not ``qwen2_5_vl`` is refused; weights are read from safetensors, and a
 ``.bin``/``.pt`` file only through ``torch.load(weights_only=True)``, which refuses any pickle that would
-need to run code (``CheckpointError``).
+need to run code (``CheckpointError``); a Sa2VA directory's pickle fallback reads only the Hugging Face weight
+file names (``pytorch_model.bin`` or the shards its index names), never any other file in the folder.
 
 Exported model directory (``export_model``), openable by transformers and peft::
 
     backbone/            Qwen2.5-VL (config.json, model.safetensors, tokenizer + processor files; vocabulary
                          already holds the added tokens; base weights, no LoRA merged in)
     adapter/             PEFT adapter (LoRA + the added token rows), ``PeftModel.from_pretrained(backbone, adapter)``;
-                         absent after full-parameter training (the backbone holds the trained weights)
+                         its ``base_model_name_or_path`` is ``backbone/``'s URI; absent after full-parameter
+                         training (the backbone holds the trained weights)
     heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``decoupler.*``)
     sam2.safetensors     the whole SAM2 (package key names)
     model.yaml           the ModelConfig, weight locations relative to the directory (``read_model_config``
@@ -25,10 +29,10 @@ Exported model directory (``export_model``), openable by transformers and peft::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,8 +40,11 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from omegaconf import OmegaConf
 from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+from safetensors import safe_open
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -50,10 +57,10 @@ from actors.model.config import SCRATCH_BACKBONE, TINY_BACKBONE, ModelConfig, Sc
 from actors.model.sam2_bridge import CheckpointError, build_sam2, read_state_dict
 from actors.model.scratch_backbone import build_scratch_backbone
 from actors.model.segmllm import SegMLLM, SegModel
-from actors.uri import filesystem_for, join, protocol_of
+from actors.uri import filesystem_for, is_relative, join, protocol_of
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _PEFT_KEY_PARTS = ("lora_", "trainable_tokens_delta", "trainable_tokens_original")
 
 HEADS_FILE = "heads.safetensors"
@@ -66,8 +73,11 @@ MODEL_YAML = "model.yaml"
 
 # ---------------------------------------------------------------------------------------- file access
 @contextlib.contextmanager
-def local_directory(uri: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[Path]:
-    """A local path holding the directory ``uri`` (itself if local, else a temporary download)."""
+def local_directory(
+    uri: str, storage_options: Mapping[str, Any] | None = None, skip_suffixes: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """A local path holding the directory ``uri`` (itself if local, else a temporary download of its files
+    except those ending in ``skip_suffixes``)."""
     fs, path = filesystem_for(uri, storage_options)
     if protocol_of(uri) == "file":
         if not Path(path).is_dir():
@@ -78,6 +88,8 @@ def local_directory(uri: str, storage_options: Mapping[str, Any] | None = None) 
         raise CheckpointError(f"{uri}: not a directory")
     with tempfile.TemporaryDirectory(prefix="vrseg-ckpt-") as tmp:
         for remote in fs.find(path):
+            if remote.endswith(skip_suffixes):
+                continue
             target = Path(tmp) / os.path.relpath(remote, path)
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(target))
@@ -110,19 +122,6 @@ def read_tensors(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
     return read_state_dict(uri, storage_options)
 
 
-def _directory_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: its safetensors shards, else its torch files (tensors only)."""
-    files = sorted(directory.glob("*.safetensors")) or sorted(
-        p for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES
-    )
-    if not files:
-        raise CheckpointError(f"{directory}: no .safetensors (or tensor-only .bin/.pt) weight files")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(read_tensors(str(file)))
-    return state
-
-
 def _refuse_remote_code(directory: Path, uri: str) -> dict[str, Any]:
     """The directory's config.json; refuses configs that need code from the checkpoint."""
     config_path = directory / "config.json"
@@ -150,14 +149,16 @@ def load_backbone(
     """Qwen2.5-VL and its processor from ``"tiny"``, ``"scratch"`` (sized by ``scratch``) or a Hugging Face
     directory (local or fsspec URI).
 
-    ``with_weights=False`` builds the architecture from config.json only (the weights come from elsewhere,
-    e.g. a Sa2VA checkpoint).
+    ``with_weights=False`` builds the architecture from config.json only, untied (``lm_head`` apart from
+    ``embed_tokens`` whatever config.json says): the weights come from elsewhere, a Sa2VA checkpoint, whose
+    exporter writes ``tie_word_embeddings=False`` and ships a separately trained ``lm_head``; the
+    directory's weight files are not read (nor downloaded).
     """
     if uri in (TINY_BACKBONE, SCRATCH_BACKBONE):
         sizes = scratch if uri == SCRATCH_BACKBONE and scratch is not None else ScratchConfig()
         model, processor = build_scratch_backbone(sizes)
         return model.to(_DTYPES[dtype]), processor
-    with local_directory(uri, storage_options) as directory:
+    with local_directory(uri, storage_options, () if with_weights else _WEIGHT_SUFFIXES) as directory:
         _refuse_remote_code(directory, uri)
         if with_weights:
             if not list(directory.glob("*.safetensors")):
@@ -169,6 +170,8 @@ def load_backbone(
             )
         else:
             config = Qwen2_5_VLConfig.from_pretrained(directory, trust_remote_code=False)
+            config.tie_word_embeddings = False  # both levels: v5 re-ties from a pre-v5 text_config's flag
+            config.get_text_config().tie_word_embeddings = False
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=_DTYPES[dtype])
         processor = Qwen2_5_VLProcessor.from_pretrained(directory, trust_remote_code=False)
     return model.eval(), processor
@@ -179,37 +182,147 @@ _LEGACY_QWEN_KEYS = (
     (re.compile(r"^model\.(layers|embed_tokens|norm)\."), r"model.language_model.\1."),
     (re.compile(r"^visual\."), "model.visual."),
 )
+# The Hugging Face weight file names, in the order they are looked for: (index, single file).
+_SA2VA_WEIGHT_NAMES = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+# A ``safe_open`` handle keeps every page it served resident until it closes; it is reopened after serving
+# this many bytes, so loading holds at most this much (or one larger tensor) of a shard beside the model.
+_MAPPED_BYTES = 32 * 2**20
 
 
-@dataclasses.dataclass
-class Sa2VAParts:
-    """A Sa2VA-Qwen2.5-VL state dict split into our parts (keys in each part's own naming)."""
-
-    qwen: dict[str, torch.Tensor]
-    sam2: dict[str, torch.Tensor]
-    seg_proj: dict[str, torch.Tensor]
-    unexpected: list[str]
-
-
-def map_sa2va_state_dict(state: Mapping[str, torch.Tensor]) -> Sa2VAParts:
-    """``model.*`` -> Qwen2.5-VL (transformers < 4.52 layouts normalised to the current one),
+def sa2va_key(key: str) -> tuple[str, str] | None:
+    """The part (``qwen``, ``sam2`` or ``seg_proj``) a Sa2VA-Qwen2.5-VL key belongs to and its name there:
+    ``model.*`` -> Qwen2.5-VL (transformers < 4.52 layouts normalised to the current one),
     ``grounding_encoder.sam2_model.*`` -> SAM2 (``g_weight`` -> layer-scale ``gamma``),
-    ``text_hidden_fcs.{0,2}.*`` -> ``[SEG]`` projection; anything else is reported as unexpected."""
-    parts = Sa2VAParts({}, {}, {}, [])
-    for key, value in state.items():
-        if key.startswith("model."):
-            name = key[len("model.") :]
-            for pattern, replacement in _LEGACY_QWEN_KEYS:
-                name = pattern.sub(replacement, name)
-            parts.qwen[name] = value
-        elif key.startswith("grounding_encoder.sam2_model."):
-            name = key[len("grounding_encoder.sam2_model.") :]
-            parts.sam2[re.sub(r"\.g_weight$", ".gamma", name)] = value
-        elif re.match(r"^text_hidden_fcs\.[02]\.", key):
-            parts.seg_proj[key[len("text_hidden_fcs.") :]] = value
-        else:
-            parts.unexpected.append(key)
-    return parts
+    ``text_hidden_fcs.{0,2}.*`` -> ``[SEG]`` projection; None for anything else."""
+    if key.startswith("model."):
+        name = key[len("model.") :]
+        for pattern, replacement in _LEGACY_QWEN_KEYS:
+            name = pattern.sub(replacement, name)
+        return "qwen", name
+    if key.startswith("grounding_encoder.sam2_model."):
+        return "sam2", re.sub(r"\.g_weight$", ".gamma", key[len("grounding_encoder.sam2_model.") :])
+    if re.match(r"^text_hidden_fcs\.[02]\.", key):
+        return "seg_proj", key[len("text_hidden_fcs.") :]
+    return None
+
+
+def sa2va_weight_files(fs: AbstractFileSystem, root: str, uri: str) -> list[str]:
+    """The weight file names of the Sa2VA directory ``root`` (on ``fs``; ``uri`` for messages), by the
+    Hugging Face names only: the shards ``model.safetensors.index.json`` names, else ``model.safetensors``,
+    else (tensor-only pickles) the shards ``pytorch_model.bin.index.json`` names, else ``pytorch_model.bin``.
+    A shard an index names that the directory lacks is an error naming it."""
+    for index_name, single in _SA2VA_WEIGHT_NAMES:
+        if fs.isfile(f"{root}/{index_name}"):
+            with fs.open(f"{root}/{index_name}", "rb") as handle:
+                weight_map = json.load(handle).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{uri}/{index_name}: no weight_map")
+            shards = sorted(set(weight_map.values()))
+            foreign = [name for name in shards if "/" in name or name.startswith(".")]
+            if foreign:
+                raise CheckpointError(f"{uri}/{index_name}: shard names outside the directory: {foreign}")
+            absent = [name for name in shards if not fs.isfile(f"{root}/{name}")]
+            if absent:
+                raise CheckpointError(f"{uri}: shards named by {index_name} are missing: {absent}")
+            return shards
+        if fs.isfile(f"{root}/{single}"):
+            return [single]
+    raise CheckpointError(
+        f"{uri}: no weights (looked for {[name for pair in _SA2VA_WEIGHT_NAMES for name in pair]})"
+    )
+
+
+def _shard_shapes(
+    fs: AbstractFileSystem, path: str, uri: str, storage_options: Mapping[str, Any] | None
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the weight file ``path`` (``uri``): a safetensors file's header only (its tensors are
+    not read), a tensor-only pickle through ``read_tensors``."""
+    if not path.endswith(".safetensors"):
+        return {key: tuple(value.shape) for key, value in read_tensors(uri, storage_options).items()}
+    try:
+        with fs.open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{uri}: not a valid safetensors file: {exc}") from None
+
+
+@contextlib.contextmanager
+def _local_file(fs: AbstractFileSystem, path: str) -> Iterator[str]:
+    """A local path holding the file ``path`` of ``fs``: itself if local, else a temporary download."""
+    if isinstance(fs, LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="vrseg-shard-") as tmp:
+        local = str(Path(tmp) / Path(path).name)
+        fs.get_file(path, local)
+        yield local
+
+
+def _shard_tensors(
+    fs: AbstractFileSystem, path: str, uri: str, storage_options: Mapping[str, Any] | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of the weight file ``path`` (``uri``), one at a time. A safetensors file is read with
+    ``safe_open`` from local disk (a remote one is downloaded alone first), its handle reopened after every
+    ``_MAPPED_BYTES`` served; a tensor-only pickle is read whole (memory-mapped when local)."""
+    if not path.endswith(".safetensors"):
+        yield from read_tensors(uri, storage_options).items()
+        return
+    with _local_file(fs, path) as local:
+        with safe_open(local, "pt") as handle:
+            keys = list(handle.keys())
+        position = 0
+        while position < len(keys):
+            served = 0
+            with safe_open(local, "pt") as handle:
+                while position < len(keys) and served < _MAPPED_BYTES:
+                    tensor = handle.get_tensor(keys[position])
+                    served += tensor.numel() * tensor.element_size()
+                    yield keys[position], tensor
+                    position += 1
+
+
+def _check_keys(
+    own: Mapping[str, torch.Tensor],
+    incoming: Mapping[str, tuple[int, ...]],
+    what: str,
+    optional: frozenset[str] = frozenset(),
+) -> None:
+    """Any key of ``own`` missing from ``incoming`` (but ``optional``), any unexpected key and any shape
+    mismatch is an error naming it."""
+    missing = sorted(set(own) - set(incoming) - optional)
+    unexpected = sorted(set(incoming) - set(own))
+    mismatched = sorted(
+        f"{k} {tuple(incoming[k])} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(incoming)
+        if tuple(own[k].shape) != tuple(incoming[k])
+    )
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{what}: missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}"
+        )
+
+
+def _copy_checked(
+    target: torch.Tensor, value: torch.Tensor, key: str, source: str, written: dict[int, tuple[str, str]]
+) -> None:
+    """Copy ``value`` (``key`` of ``source``) into ``target``. ``written`` maps the storage each earlier key
+    filled to that key and its source: a second tensor landing in the same storage (weights tied in the
+    model) must hold the same values, else the first would be silently overwritten, which is an error."""
+    place = target.data_ptr()
+    earlier = written.get(place) if target.numel() else None
+    if earlier is None:
+        target.copy_(value)
+        written[place] = (key, source)
+    elif not torch.equal(target, value.to(target.dtype)):
+        raise CheckpointError(
+            f"{source}: '{key}' and '{earlier[0]}' (from {earlier[1]}) land in the same tensor of the model "
+            "(its weights are tied) but hold different values; build the model untied to load both"
+        )
 
 
 def _load_exact(
@@ -218,20 +331,14 @@ def _load_exact(
     what: str,
     optional: frozenset[str] = frozenset(),
 ) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error naming it."""
+    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key, or two keys with different
+    values landing in one tied tensor, is an error naming them."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state) - optional)
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if own[k].shape != state[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{what}: missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}"
-        )
-    module.load_state_dict(dict(state), strict=False)
+    _check_keys(own, {key: tuple(value.shape) for key, value in state.items()}, what, optional)
+    written: dict[int, tuple[str, str]] = {}
+    with torch.no_grad():
+        for key, value in state.items():
+            _copy_checked(own[key], value, key, what, written)
 
 
 def load_sa2va(
@@ -241,22 +348,52 @@ def load_sa2va(
     storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], Qwen2Tokenizer]:
     """Load a Sa2VA-Qwen2.5-VL directory into ``qwen`` and ``sam2`` (a ``SAM2Base``); return the ``[SEG]``
-    projection's state dict and the checkpoint's tokenizer (which holds ``[SEG]``)."""
-    with local_directory(uri, storage_options) as directory:
-        parts = map_sa2va_state_dict(_directory_tensors(directory))
+    projection's state dict and the checkpoint's tokenizer (which holds ``[SEG]``).
+
+    The keys and shapes of every weight file (``sa2va_weight_files``) are checked first, from the
+    safetensors headers: an unknown, missing or mis-shaped key is an error naming it and nothing is written.
+    Then the files are read one at a time and each tensor is copied into its place (``_shard_tensors``), so
+    loading holds the model and a bounded part of one shard. ``qwen`` should be built untied (Sa2VA ships
+    its own ``lm_head``): two tensors landing in one tied tensor with different values are an error."""
+    fs, root = filesystem_for(uri, storage_options)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise CheckpointError(f"{uri}: not a directory")
+    files = sa2va_weight_files(fs, root, uri)
+    with local_directory(uri, storage_options, skip_suffixes=_WEIGHT_SUFFIXES) as directory:
         tokenizer = Qwen2Tokenizer.from_pretrained(directory, trust_remote_code=False)
-    if parts.unexpected:
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {"qwen": {}, "sam2": {}, "seg_proj": {}}
+    unexpected: list[str] = []
+    for name in files:
+        for key, shape in _shard_shapes(fs, f"{root}/{name}", join(uri, name), storage_options).items():
+            part = sa2va_key(key)
+            if part is None:
+                unexpected.append(key)
+            else:
+                shapes[part[0]][part[1]] = shape
+    if unexpected:
         raise CheckpointError(
             f"{uri}: keys outside model.*, grounding_encoder.sam2_model.*, "
-            f"text_hidden_fcs.{{0,2}}.*: {sorted(parts.unexpected)}"
+            f"text_hidden_fcs.{{0,2}}.*: {sorted(unexpected)}"
         )
-    embed = parts.qwen.get("model.language_model.embed_tokens.weight")
-    if embed is not None and embed.shape[0] != qwen.get_input_embeddings().weight.shape[0]:
-        qwen.resize_token_embeddings(embed.shape[0], mean_resizing=False)
-    tied = _tied_keys(qwen)
-    _load_exact(qwen, parts.qwen, f"{uri} (model.*)", optional=tied)
-    _load_exact(sam2, parts.sam2, f"{uri} (grounding_encoder.sam2_model.*)")
-    return parts.seg_proj, tokenizer
+    embed = shapes["qwen"].get("model.language_model.embed_tokens.weight")
+    if embed is not None and embed[0] != qwen.get_input_embeddings().weight.shape[0]:
+        qwen.resize_token_embeddings(embed[0], mean_resizing=False)
+    targets = {"qwen": qwen.state_dict(), "sam2": sam2.state_dict()}
+    _check_keys(targets["qwen"], shapes["qwen"], f"{uri} (model.*)", optional=_tied_keys(qwen))
+    _check_keys(targets["sam2"], shapes["sam2"], f"{uri} (grounding_encoder.sam2_model.*)")
+    seg_proj: dict[str, torch.Tensor] = {}
+    written: dict[int, tuple[str, str]] = {}
+    with torch.no_grad():
+        for name in files:
+            source = join(uri, name)
+            for key, tensor in _shard_tensors(fs, f"{root}/{name}", source, storage_options):
+                part, own = sa2va_key(key)  # type: ignore[misc] - every key was mapped above
+                if part == "seg_proj":
+                    seg_proj[own] = tensor.clone()
+                else:
+                    _copy_checked(targets[part][own], tensor, key, source, written)
+    return seg_proj, tokenizer
 
 
 # ---------------------------------------------------------------------------------------- build / load
@@ -407,6 +544,22 @@ def _base_state_dict(mllm: SegMLLM) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextlib.contextmanager
+def _adapter_base(model: SegModel, base_uri: str) -> Iterator[None]:
+    """Within the block, the active PEFT adapter (if any) names ``base_uri`` as its base model, which
+    ``save_pretrained`` writes into ``adapter_config.json`` (``base_model_name_or_path``)."""
+    qwen = model.mllm.qwen
+    if not isinstance(qwen, PeftModel):
+        yield
+        return
+    config = qwen.peft_config[qwen.active_adapter]
+    previous, config.base_model_name_or_path = config.base_model_name_or_path, base_uri
+    try:
+        yield
+    finally:
+        config.base_model_name_or_path = previous
+
+
 def export_model(
     model: SegModel, config: ModelConfig, uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> None:
@@ -414,7 +567,9 @@ def export_model(
     backbone's own weights (trained ones after full-parameter training), the PEFT adapter when there is
     one, the heads and the whole SAM2 as it is now (its trained mask decoder included)."""
     peft = isinstance(model.mllm.qwen, PeftModel)
-    save_trainable(model, uri, ("adapter", "heads", "sam2") if peft else ("heads", "sam2"), storage_options)
+    backbone_uri = join(os.path.abspath(uri) if is_relative(uri) else uri, "backbone")
+    with _adapter_base(model, backbone_uri):
+        save_trainable(model, uri, ("adapter", "heads", "sam2") if peft else ("heads", "sam2"), storage_options)
     with _writable_directory(uri, storage_options) as directory:
         backbone = directory / "backbone"
         model.mllm.hf_model.save_pretrained(
