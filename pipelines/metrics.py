@@ -1,14 +1,18 @@
 """Official evaluation metrics: J, F and J&F (DAVIS), the RefVOS protocols, TSG recall/mIoU, cIoU/gIoU.
 
-Pure numpy/scipy functions and small result records; no Ray, no I/O. ``pipelines/evaluate.py`` scores one
-expression at a time with ``score_expression`` / ``score_davis_slot`` / ``score_moment`` / ``score_image``
-and hands the rows to one protocol summary, which returns a ``Summary`` (``Summary.to_dict()`` is the
+Pure numpy/scipy functions and small result records; no Ray, no I/O. ``pipelines/evaluate_scoring.py``
+scores one expression at a time with ``score_expression`` / ``score_davis_slot`` (and
+``score_davis_slot_official``) / ``score_image``, ``pipelines/evaluate.py`` queries with ``score_moment``,
+and the rows go to one protocol summary, which returns a ``Summary`` (``Summary.to_dict()`` is the
 ``report.json`` head: scores as fractions in [0, 1], ``num_expressions``, ``missing``, ``subsets``).
 
 Definitions (Perazzi et al., CVPR 2016; the davis2017-evaluation toolkit):
 
 * J (region similarity): |P ∩ G| / |P ∪ G| of binarised masks (any non-zero pixel is foreground);
   a frame whose union is empty scores 1.
+* Void pixels (DAVIS annotations mark uncertain pixels 255; ReasonSeg's "ignore" polygons): left out of
+  J's intersection and union, and set to background in both masks before F's boundary maps, as
+  davis2017-evaluation's ``db_eval_iou`` / ``f_measure`` and LISA's ``intersectionAndUnionGPU`` do.
 * F (contour accuracy): F-measure 2PR / (P + R) of one-pixel boundary maps (``boundary_map``), a
   predicted boundary pixel counting as matched when a true boundary pixel lies within the Euclidean
   disk of radius ``ceil(0.008 * sqrt(H^2 + W^2))`` around it (and vice versa for recall). Empty
@@ -28,7 +32,11 @@ Protocol choices written down here because the anchors' scripts leave them impli
   referring (type_id 0) and reasoning (type_id 1) group means; a group without expressions is left
   out of that mean.
 * Ref-DAVIS17 four-run protocol: a missing expression contributes an all-zero probability plane (it
-  never wins a pixel), and the true object it describes scores J = F = 0 after matching.
+  never wins a pixel), and the true object it describes scores J = F = 0 after matching. The true
+  objects are those the expressions describe. ``score_davis_slot_official`` scores the same label map
+  the way davis2017-evaluation does instead: the true objects are ids 1..(highest id in frame 0),
+  whether or not an expression describes them, and a missing expression's object may be matched to
+  another expression's label.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ DAVIS_SLOTS = (
 )
 DAVIS_FOREGROUND_THRESHOLD = 0.5
 DAVIS_BACKGROUND_SCORE = 0.1
+DAVIS_VOID_LABEL = 255
 REVOS_TYPES = {0: "referring", 1: "reasoning"}
 
 
@@ -77,19 +86,34 @@ def _paired_stacks(
     return pred_stack, gt_stack
 
 
+def _valid_pixels(void: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The complement of a void stack of ``shape`` (None when there are no void pixels)."""
+    if void is None:
+        return None
+    stack = np.asarray(void) != 0
+    if stack.shape != shape:
+        raise ValueError(f"void pixels shape {stack.shape} differs from the masks' shape {shape}")
+    return ~stack
+
+
 def jaccard_per_frame(
-    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray]
+    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray], void: np.ndarray | None = None
 ) -> np.ndarray:
-    """Per-frame J of (T, H, W) masks -> (T,) float; frames with an empty union score 1."""
+    """Per-frame J of (T, H, W) masks -> (T,) float, void pixels left out; frames with an empty union score 1."""
     pred_stack, gt_stack = _paired_stacks(pred, gt)
-    intersection = np.count_nonzero(pred_stack & gt_stack, axis=(1, 2))
-    union = np.count_nonzero(pred_stack | gt_stack, axis=(1, 2))
-    return np.where(union == 0, 1.0, intersection / np.maximum(union, 1))
+    intersection, union = pred_stack & gt_stack, pred_stack | gt_stack
+    valid = _valid_pixels(void, gt_stack.shape)
+    if valid is not None:
+        intersection, union = intersection & valid, union & valid
+    inter_count = np.count_nonzero(intersection, axis=(1, 2))
+    union_count = np.count_nonzero(union, axis=(1, 2))
+    return np.where(union_count == 0, 1.0, inter_count / np.maximum(union_count, 1))
 
 
-def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    """J of two (H, W) masks: |P ∩ G| / |P ∪ G| after binarising; 1 when both are empty."""
-    return float(jaccard_per_frame(np.asarray(pred)[None], np.asarray(gt)[None])[0])
+def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """J of two (H, W) masks: |P ∩ G| / |P ∪ G| after binarising, void pixels left out; 1 when both are empty."""
+    return float(jaccard_per_frame(np.asarray(pred)[None], np.asarray(gt)[None],
+                                   None if void is None else np.asarray(void)[None])[0])
 
 
 def boundary_radius(height: int, width: int) -> int:
@@ -177,34 +201,40 @@ def _f_measure(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 
 
 def boundary_precision_recall_per_frame(
-    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray]
+    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray], void: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame boundary precision and recall of (T, H, W) masks, with the DAVIS empty-map conventions."""
+    """Per-frame boundary precision and recall of (T, H, W) masks, with the DAVIS empty-map conventions;
+    void pixels are background in both masks before the boundary maps are drawn."""
     pred_stack, gt_stack = _paired_stacks(pred, gt)
+    valid = _valid_pixels(void, gt_stack.shape)
+    if valid is not None:
+        pred_stack, gt_stack = pred_stack & valid, gt_stack & valid
     return _precision_recall(_boundary_points(pred_stack), _boundary_points(gt_stack), pred_stack.shape)
 
 
 def boundary_f_per_frame(
-    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray]
+    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray], void: np.ndarray | None = None
 ) -> np.ndarray:
     """Per-frame F of (T, H, W) masks -> (T,) float: 2PR / (P + R), 0 when P + R = 0."""
-    return _f_measure(*boundary_precision_recall_per_frame(pred, gt))
+    return _f_measure(*boundary_precision_recall_per_frame(pred, gt, void))
 
 
-def boundary_f(pred: np.ndarray, gt: np.ndarray) -> float:
+def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
     """DAVIS boundary F-measure of two (H, W) masks."""
-    return float(boundary_f_per_frame(np.asarray(pred)[None], np.asarray(gt)[None])[0])
+    return float(boundary_f_per_frame(np.asarray(pred)[None], np.asarray(gt)[None],
+                                      None if void is None else np.asarray(void)[None])[0])
 
 
 def expression_scores(
-    pred_masks: np.ndarray | Sequence[np.ndarray], gt_masks: np.ndarray | Sequence[np.ndarray]
+    pred_masks: np.ndarray | Sequence[np.ndarray], gt_masks: np.ndarray | Sequence[np.ndarray],
+    void: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(J, F) of one expression: per-frame J and F of (T, H, W) masks, each averaged over the T frames."""
     pred_stack, gt_stack = _paired_stacks(pred_masks, gt_masks)
     if pred_stack.shape[0] == 0:
         raise ValueError("cannot score an expression over zero frames")
-    return float(jaccard_per_frame(pred_stack, gt_stack).mean()), float(
-        boundary_f_per_frame(pred_stack, gt_stack).mean()
+    return float(jaccard_per_frame(pred_stack, gt_stack, void).mean()), float(
+        boundary_f_per_frame(pred_stack, gt_stack, void).mean()
     )
 
 
@@ -246,10 +276,12 @@ def score_expression(
     kind: str | None = None,
     type_id: int | None = None,
     no_target: bool = False,
+    void: np.ndarray | None = None,
 ) -> ExpressionResult:
     """Score one expression over all its frames, or over ``frames`` only (ReasonVOS: the annotated frames).
 
     ``pred_masks`` is None when the prediction is missing: the row scores J = F = 0 and is flagged.
+    ``void`` is the (T, H, W) stack of void pixels beside ``gt_masks`` (Ref-DAVIS17), or None.
     """
     gt_stack = _mask_stack(gt_masks, f"video {video!r}, expression {expr_id!r}: ground truth")
     selected = np.arange(gt_stack.shape[0]) if frames is None else np.asarray(frames, dtype=np.int64)
@@ -269,9 +301,11 @@ def score_expression(
             f"video {video!r}, expression {expr_id!r}: prediction shape {pred_stack.shape} differs from "
             f"ground truth shape {gt_stack.shape}"
         )
+    void_stack = None if void is None else np.asarray(void) != 0
     if frames is not None:
         pred_stack, gt_stack = pred_stack[selected], gt_stack[selected]
-    j, f = expression_scores(pred_stack, gt_stack)
+        void_stack = None if void_stack is None else void_stack[selected]
+    j, f = expression_scores(pred_stack, gt_stack, void_stack)
     empty_fraction = float((~pred_stack.any(axis=(1, 2))).mean()) if no_target else None
     return ExpressionResult(video, expr_id, j, f, empty_fraction=empty_fraction, **tags)
 
@@ -404,14 +438,15 @@ def davis_label_map(probabilities: Sequence[np.ndarray | None]) -> np.ndarray:
 
 
 def davis_unsupervised_scores(
-    labels: np.ndarray, gt_objects: np.ndarray | Sequence[np.ndarray]
+    labels: np.ndarray, gt_objects: np.ndarray | Sequence[np.ndarray], void: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """DAVIS unsupervised scoring of one video: per true object (J, F) over all frames.
 
-    ``labels`` is a (T, H, W) label map (object k = label k); ``gt_objects`` is (N, T, H, W). The
-    predicted objects are labels 1..max(max label, N) (absent ones empty, as the toolkit pads), each
-    scored against each true object; predicted objects are matched to true ones by the Hungarian
-    method on mean (J + F) / 2. Returns two (N,) arrays ordered like ``gt_objects``.
+    ``labels`` is a (T, H, W) label map (object k = label k); ``gt_objects`` is (N, T, H, W); ``void``
+    the (T, H, W) void pixels or None. The predicted objects are labels 1..max(max label, N) (absent
+    ones empty, as the toolkit pads), each scored against each true object; predicted objects are
+    matched to true ones by the Hungarian method on mean (J + F) / 2. Returns two (N,) arrays ordered
+    like ``gt_objects``.
     """
     gt_stack = np.asarray(gt_objects) != 0
     labels = np.asarray(labels)
@@ -421,15 +456,16 @@ def davis_unsupervised_scores(
         )
     if labels.shape[0] == 0:
         raise ValueError("cannot score a video of zero frames")
+    valid = _valid_pixels(void, labels.shape)
     num_pred = max(int(labels.max(initial=0)), gt_stack.shape[0])
-    gt_points = [_boundary_points(gt) for gt in gt_stack]
+    gt_points = [_boundary_points(gt if valid is None else gt & valid) for gt in gt_stack]
     j_matrix = np.zeros((num_pred, gt_stack.shape[0]))
     f_matrix = np.zeros_like(j_matrix)
     for k in range(num_pred):
         pred_stack = labels == k + 1
-        pred_points = _boundary_points(pred_stack)
+        pred_points = _boundary_points(pred_stack if valid is None else pred_stack & valid)
         for n, gt in enumerate(gt_stack):
-            j_matrix[k, n] = jaccard_per_frame(pred_stack, gt).mean()
+            j_matrix[k, n] = jaccard_per_frame(pred_stack, gt, void).mean()
             f_matrix[k, n] = _f_measure(*_precision_recall(pred_points, gt_points[n], labels.shape)).mean()
     pred_idx, gt_idx = linear_sum_assignment(-(j_matrix + f_matrix) / 2)
     j_scores, f_scores = np.zeros(gt_stack.shape[0]), np.zeros(gt_stack.shape[0])
@@ -461,12 +497,13 @@ def score_davis_slot(
     expr_ids: Sequence[str],
     probabilities: Sequence[np.ndarray | None],
     gt_objects: np.ndarray | Sequence[np.ndarray],
+    void: np.ndarray | None = None,
 ) -> list[DavisObjectResult]:
     """Score one video in one run of the four-run protocol: label map from the slot's expressions, then DAVIS unsupervised.
 
     The i-th of ``obj_ids``/``expr_ids``/``probabilities``/``gt_objects`` describe the same object;
     ``probabilities[i]`` is the (T, H, W) foreground probability of the slot's expression for object
-    i, or None when missing (that object then scores 0).
+    i, or None when missing (that object then scores 0). ``void``: the (T, H, W) void pixels or None.
     """
     counts = {len(obj_ids), len(expr_ids), len(probabilities), len(gt_objects)}
     if len(counts) != 1:
@@ -478,7 +515,7 @@ def score_davis_slot(
     if all(p is None for p in probabilities):
         j_scores = f_scores = np.zeros(len(obj_ids))
     else:
-        j_scores, f_scores = davis_unsupervised_scores(davis_label_map(probabilities), gt_objects)
+        j_scores, f_scores = davis_unsupervised_scores(davis_label_map(probabilities), gt_objects, void)
     return [
         DavisObjectResult(
             video,
@@ -492,6 +529,41 @@ def score_davis_slot(
         for obj_id, expr_id, prob, j, f in zip(
             obj_ids, expr_ids, probabilities, j_scores, f_scores, strict=True
         )
+    ]
+
+
+def score_davis_slot_official(
+    video: str,
+    slot: int,
+    obj_ids: Sequence[str],
+    expr_ids: Sequence[str],
+    probabilities: Sequence[np.ndarray | None],
+    annotation: np.ndarray,
+) -> list[DavisObjectResult]:
+    """One video in one run, scored as davis2017-evaluation's unsupervised task scores ReferFormer's output.
+
+    ``annotation`` is the (T, H, W) palette annotation (object ids, 0 background, 255 void). The true
+    objects are ids 1..K, K the highest id of frame 0 (``DAVIS.get_all_masks``): an object that first
+    appears later with a higher id is not scored, an object that no expression describes is. The
+    label map is the one ``score_davis_slot`` builds from the same ``obj_ids``/``expr_ids``/
+    ``probabilities`` (expression i of the slot is label i + 1, as ReferFormer's inference writes it;
+    a missing one never wins a pixel), and the Hungarian matching may credit any label to any object.
+    Rows carry the object id and the slot's expression for it ("" where none).
+    """
+    annotation = np.asarray(annotation)
+    void = annotation == DAVIS_VOID_LABEL
+    first = np.where(void[0], 0, annotation[0])
+    objects = list(range(1, int(first.max(initial=0)) + 1))
+    if not objects:
+        return []
+    present = [p for p in probabilities if p is not None]
+    labels = davis_label_map(probabilities) if present else np.zeros(annotation.shape, dtype=np.int32)
+    truth = np.stack([annotation == k for k in objects])
+    j_scores, f_scores = davis_unsupervised_scores(labels, truth, void)
+    by_object = dict(zip(obj_ids, expr_ids, strict=True))
+    return [
+        DavisObjectResult(video, slot, str(k), by_object.get(str(k), ""), float(j), float(f))
+        for k, j, f in zip(objects, j_scores, f_scores, strict=True)
     ]
 
 
@@ -572,7 +644,10 @@ def grounding_summary(rows: Sequence[GroundingResult]) -> Summary:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image expression: pixel intersection and union with the truth, and its IoU (empty union: 1)."""
+    """One image expression: pixel intersection and union with the truth, and its IoU (empty union: 1).
+
+    ``kind`` is a free tag for subsets (ReasonSeg's short and long queries).
+    """
 
     image: str
     expr_id: str
@@ -580,32 +655,59 @@ class ImageResult:
     union: int
     iou: float
     missing: bool = False
+    kind: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Report row."""
         return asdict(self)
 
 
-def score_image(image: str, expr_id: str, pred: np.ndarray | None, gt: np.ndarray) -> ImageResult:
-    """Score one image expression; a missing prediction has intersection 0, union |truth| and IoU 0."""
+def score_image(image: str, expr_id: str, pred: np.ndarray | None, gt: np.ndarray, *,
+                void: np.ndarray | None = None, kind: str | None = None) -> ImageResult:
+    """Score one image expression: intersection and union of the binarised masks, void pixels left out
+    (ReasonSeg's "ignore" regions, as LISA's ``intersectionAndUnionGPU`` drops label 255).
+
+    A missing prediction has intersection 0, union |truth| and IoU 0; an empty union scores IoU 1
+    (LISA: ``acc_iou[union == 0] += 1.0``, "no-object target").
+    """
     gt_mask = np.asarray(gt) != 0
+    if gt_mask.ndim != 2:
+        raise ValueError(f"image {image!r}, expression {expr_id!r}: truth must be (H, W), got {gt_mask.shape}")
+    valid = _valid_pixels(void, gt_mask.shape)
+    if valid is not None:
+        gt_mask = gt_mask & valid
     if pred is None:
-        return ImageResult(image, expr_id, 0, int(np.count_nonzero(gt_mask)), 0.0, missing=True)
+        return ImageResult(image, expr_id, 0, int(np.count_nonzero(gt_mask)), 0.0, missing=True, kind=kind)
     pred_mask = np.asarray(pred) != 0
-    if pred_mask.shape != gt_mask.shape or gt_mask.ndim != 2:
+    if pred_mask.shape != gt_mask.shape:
         raise ValueError(
             f"image {image!r}, expression {expr_id!r}: prediction {pred_mask.shape} and truth {gt_mask.shape} must be one (H, W)"
         )
+    if valid is not None:
+        pred_mask = pred_mask & valid
     intersection = int(np.count_nonzero(pred_mask & gt_mask))
     union = int(np.count_nonzero(pred_mask | gt_mask))
-    return ImageResult(image, expr_id, intersection, union, 1.0 if union == 0 else intersection / union)
+    return ImageResult(image, expr_id, intersection, union, 1.0 if union == 0 else intersection / union, kind=kind)
+
+
+def _image_scores(rows: Sequence[ImageResult]) -> dict[str, float]:
+    total_union = sum(r.union for r in rows)
+    ciou = 1.0 if total_union == 0 else sum(r.intersection for r in rows) / total_union
+    return {"cIoU": ciou, "gIoU": float(np.mean([r.iou for r in rows]))}
 
 
 def image_summary(rows: Sequence[ImageResult]) -> Summary:
-    """cIoU = summed intersection / summed union over all expressions (1 if every union is empty); gIoU = mean IoU."""
+    """cIoU and gIoU over all expressions, and per ``kind`` as subsets ``kind:<kind>``.
+
+    cIoU (cumulative IoU, RefCOCO's "overall IoU") = summed intersection / summed union (1 if every
+    union is empty); gIoU = mean of the per-expression IoUs (LISA, CVPR 2024, Sec. 4.1).
+    """
     _require_rows(rows, "image summary")
-    total_union = sum(r.union for r in rows)
-    ciou = 1.0 if total_union == 0 else sum(r.intersection for r in rows) / total_union
-    giou = float(np.mean([r.iou for r in rows]))
+    by_kind: dict[str, list[ImageResult]] = defaultdict(list)
+    for row in rows:
+        if row.kind is not None:
+            by_kind[row.kind].append(row)
+    subsets = {f"kind:{kind}": {**_image_scores(group), "num_expressions": len(group)}
+               for kind, group in sorted(by_kind.items())}
     missing = [{"image": r.image, "expr_id": r.expr_id} for r in rows if r.missing]
-    return Summary({"cIoU": ciou, "gIoU": giou}, len(rows), missing)
+    return Summary(_image_scores(rows), len(rows), missing, subsets)

@@ -27,14 +27,17 @@ from actors.uri import filesystem_for, join
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-Task = Literal["refvos", "grounding"]
+Task = Literal["refvos", "grounding", "image"]
 
 HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "refvos": ("J", "F", "J&F"),
     "grounding": ("R@0.3", "R@0.5", "R@0.7", "mIoU"),
+    "image": ("cIoU", "gIoU"),
 }
 # The per-expression score the histograms show and the worst-first ordering uses.
-PRIMARY_SCORE: dict[str, str] = {"refvos": "J&F", "grounding": "IoU"}
+PRIMARY_SCORE: dict[str, str] = {"refvos": "J&F", "grounding": "IoU", "image": "IoU"}
+# The key naming what an expression belongs to in rows and in ``missing``.
+ITEM_KEY: dict[str, str] = {"refvos": "video", "grounding": "video", "image": "image"}
 
 _TRUTH_RGB = np.array([40, 200, 80], dtype=np.float32)
 _PREDICTION_RGB = np.array([230, 40, 200], dtype=np.float32)
@@ -59,7 +62,7 @@ class OverlayFrame:
 
 @dataclass(frozen=True)
 class Failure:
-    """A low-scoring expression shown with overlays of a few of its frames."""
+    """A low-scoring expression shown with overlays of a few of its frames (``video``: or image)."""
 
     video: str
     expr_id: str
@@ -92,11 +95,12 @@ def build_report(
 ) -> dict[str, Any]:
     """The ``report.json`` document.
 
-    ``headline`` must hold the task's headline keys (``J``, ``F``, ``J&F`` or ``R@0.3``, ``R@0.5``,
-    ``R@0.7``, ``mIoU``) as fractions; ``per_expression`` rows carry ``video``, ``expr_id`` and their
-    scores (checked to be fractions); ``missing`` lists the (video, expr_id) whose prediction was absent
-    (they are also in ``per_expression`` with score 0); ``subsets`` maps a subset name to its scores and
-    ``num_expressions``; ``extra`` holds protocol-specific sections (e.g. Ref-DAVIS17's four-run scores),
+    ``headline`` must hold the task's headline keys (``J``, ``F``, ``J&F``; ``R@0.3``, ``R@0.5``,
+    ``R@0.7``, ``mIoU``; or ``cIoU``, ``gIoU``) as fractions; ``per_expression`` rows carry ``video``
+    (``image`` for images), ``expr_id`` and their scores (checked to be fractions); ``missing`` lists
+    the (video, expr_id) whose prediction was absent (they are also in ``per_expression`` with score
+    0); ``subsets`` maps a subset name to its scores and ``num_expressions``; ``extra`` holds
+    protocol-specific sections (Ref-DAVIS17's ``four_run`` scores, an ``official_convention`` block),
     kept as given after checking its numbers are finite.
     """
     if task not in HEADLINE_KEYS:
@@ -115,12 +119,13 @@ def build_report(
         checked.update({k: v for k, v in scores.items() if k not in keys})
         report["subsets"][name] = checked
     rows = []
+    item = ITEM_KEY[task]
     for index, row in enumerate(per_expression):
-        if "video" not in row or "expr_id" not in row:
-            raise ReportError(f"per_expression row {index} lacks 'video' or 'expr_id': {dict(row)!r:.200}")
+        if item not in row or "expr_id" not in row:
+            raise ReportError(f"per_expression row {index} lacks {item!r} or 'expr_id': {dict(row)!r:.200}")
         score_keys = [k for k in ("J", "F", "J&F", "IoU") if k in row and row[k] is not None]
         checked_row = dict(row)
-        checked_row.update(_check_scores(row, score_keys, f"expression {row['video']}/{row['expr_id']}"))
+        checked_row.update(_check_scores(row, score_keys, f"expression {row[item]}/{row['expr_id']}"))
         rows.append(checked_row)
     report["per_expression"] = rows
     if extra:
@@ -141,10 +146,51 @@ def _check_finite(value: Any, where: str) -> None:
 
 
 def worst_rows(report: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
-    """The ``count`` lowest-scoring per-expression rows (ties broken by video, then expr_id)."""
-    key = PRIMARY_SCORE[report["task"]]
+    """The ``count`` lowest-scoring per-expression rows (ties broken by video or image, then expr_id)."""
+    key, item = PRIMARY_SCORE[report["task"]], ITEM_KEY[report["task"]]
     scored = [row for row in report["per_expression"] if row.get(key) is not None]
-    return sorted(scored, key=lambda r: (r[key], str(r["video"]), str(r["expr_id"])))[:count]
+    return sorted(scored, key=lambda r: (r[key], str(r[item]), str(r["expr_id"])))[:count]
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One protocol's headline numbers, and why they differ from vrseg's where that needs saying."""
+
+    protocol: str
+    scores: Mapping[str, Any]
+    because: Sequence[str] = ()
+
+
+def headline_rows(report: Mapping[str, Any]) -> list[HeadlineRow]:
+    """The headline numbers in the order a reader compares them: the protocol papers publish first.
+
+    Ref-DAVIS17: the four-run protocol (davis2017-evaluation over ReferFormer's merged runs, what
+    papers print), then vrseg's per-expression protocol. An ``official_convention`` block whose numbers
+    differ from vrseg's (its ``differs``) adds a row with the reasons it gives.
+    """
+    four_run = report.get("four_run")
+    if four_run is not None:
+        rows = [HeadlineRow("four-run (published)", four_run), HeadlineRow("per expression", report)]
+        official = four_run.get("official_convention")
+        name = "four-run, official convention"
+    else:
+        rows = [HeadlineRow(report["format"], report)]
+        official = report.get("official_convention")
+        name = "official convention"
+    if official is not None and official.get("differs"):
+        rows.append(HeadlineRow(name, official, official.get("because", ())))
+    return rows
+
+
+def headline_text(report: Mapping[str, Any]) -> str:
+    """The headline rows on one line, scores x100 as the papers print them."""
+    keys = HEADLINE_KEYS[report["task"]]
+    parts = []
+    for row in headline_rows(report):
+        scores = ", ".join(f"{k} {100 * row.scores[k]:.1f}" for k in keys if k in row.scores)
+        because = f" ({'; '.join(row.because)})" if row.because else ""
+        parts.append(f"{row.protocol}: {scores}{because}")
+    return " | ".join(parts)
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -212,7 +258,7 @@ def _histograms(report: Mapping[str, Any]) -> str:
     for axis, key in zip(axes, keys, strict=True):
         values = [100.0 * row[key] for row in rows if row.get(key) is not None]
         axis.hist(values, bins=bins, color="#4472c4", edgecolor="white")
-        axis.set_title(f"{key} per {'expression' if task == 'refvos' else 'query'}")
+        axis.set_title(f"{key} per {'query' if task == 'grounding' else 'expression'}")
         axis.set_xlabel(f"{key} (x100)")
         axis.set_xlim(0, 100)
         axis.yaxis.get_major_locator().set_params(integer=True)
@@ -245,14 +291,20 @@ def _x100(value: Any) -> str:
 
 
 def _headline_table(report: Mapping[str, Any]) -> str:
+    """One row per ``headline_rows`` entry, named by protocol; the reasons an official-convention
+    number differs follow the table."""
     keys = HEADLINE_KEYS[report["task"]]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    cells = "".join(f"<td class='headline'>{_x100(report[k])}</td>" for k in keys)
-    return (
-        f"<table><tr><th>format</th>{head}<th>expressions</th><th>missing</th></tr>"
-        f"<tr><td>{html.escape(report['format'])}</td>{cells}"
-        f"<td>{report['num_expressions']}</td><td>{len(report['missing'])}</td></tr></table>"
+    body, notes = [], []
+    for row in headline_rows(report):
+        cells = "".join(f"<td class='headline'>{_x100(row.scores.get(k))}</td>" for k in keys)
+        body.append(f"<tr><td>{html.escape(row.protocol)}</td>{cells}</tr>")
+        notes += [f"<li>{html.escape(row.protocol)}: {html.escape(reason)}</li>" for reason in row.because]
+    table = (
+        f"<table><tr><th>{html.escape(report['format'])}</th>{head}</tr>{''.join(body)}</table>"
+        f"<p>{report['num_expressions']} expressions, {len(report['missing'])} missing</p>"
     )
+    return table + (f"<ul class='because'>{''.join(notes)}</ul>" if notes else "")
 
 
 def _subset_table(report: Mapping[str, Any]) -> str:
@@ -276,12 +328,15 @@ def _other_scores(scores: Mapping[str, Any], keys: Sequence[str]) -> str:
     )
 
 
+_WORST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "refvos": ("video", "expr_id", "text", "J", "F", "J&F"),
+    "grounding": ("video", "expr_id", "text", "start", "end", "pred_start", "pred_end", "IoU"),
+    "image": ("image", "expr_id", "text", "IoU"),
+}
+
+
 def _worst_table(report: Mapping[str, Any], count: int) -> str:
-    task = report["task"]
-    if task == "refvos":
-        columns = ("video", "expr_id", "text", "J", "F", "J&F")
-    else:
-        columns = ("video", "expr_id", "text", "start", "end", "pred_start", "pred_end", "IoU")
+    columns = _WORST_COLUMNS[report["task"]]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in worst_rows(report, count):
@@ -299,7 +354,7 @@ def _worst_table(report: Mapping[str, Any], count: int) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _failure_section(failure: Failure) -> str:
+def _failure_section(failure: Failure, score_name: str) -> str:
     frames = "".join(
         "<figure>"
         f"<img alt='frame {f.frame_idx}' src='data:image/png;base64,{_png_base64(overlay_panels(f))}'>"
@@ -309,7 +364,7 @@ def _failure_section(failure: Failure) -> str:
     )
     return (
         f"<div class='failure'><h3>{html.escape(failure.video)} / {html.escape(failure.expr_id)}"
-        f" — J&amp;F {_x100(failure.score)}</h3><p class='text'>{html.escape(failure.text)}</p>{frames}</div>"
+        f" — {html.escape(score_name)} {_x100(failure.score)}</h3><p class='text'>{html.escape(failure.text)}</p>{frames}</div>"
     )
 
 
@@ -320,6 +375,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; }
 td.headline { font-weight: bold; font-size: 1.2em; }
 tr.missing td { color: #b00; }
+ul.because { color: #555; }
 .failure figure { display: inline-block; margin: 0.3em; }
 .failure figcaption { font-size: 0.85em; text-align: center; }
 .legend span { padding: 0 0.5em; margin-right: 1em; }
@@ -343,8 +399,9 @@ def render_html(report: Mapping[str, Any], failures: Sequence[Failure] = (), wor
         if bars is not None:
             parts.append(f"<img alt='per-subset scores' src='data:image/png;base64,{bars}'>")
     if report["missing"]:
+        item = ITEM_KEY[report["task"]]
         listed = "".join(
-            f"<li>{html.escape(str(m.get('video')))} / {html.escape(str(m.get('expr_id')))}</li>" for m in report["missing"]
+            f"<li>{html.escape(str(m.get(item)))} / {html.escape(str(m.get('expr_id')))}</li>" for m in report["missing"]
         )
         parts += [f"<h2>Missing predictions ({len(report['missing'])}, scored 0)</h2><ul>{listed}</ul>"]
     parts += [f"<h2>Worst {min(worst_count, len(report['per_expression']))}</h2>", _worst_table(report, worst_count)]
@@ -353,7 +410,7 @@ def render_html(report: Mapping[str, Any], failures: Sequence[Failure] = (), wor
             "<h2>Failures: truth vs prediction</h2>",
             "<p class='legend'><span style='background:#28c850'>truth (left)</span>"
             "<span style='background:#e628c8'>prediction (right)</span></p>",
-            *(_failure_section(failure) for failure in failures),
+            *(_failure_section(failure, PRIMARY_SCORE[report["task"]]) for failure in failures),
         ]
     parts.append("</body></html>")
     return "".join(parts)

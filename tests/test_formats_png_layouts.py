@@ -118,6 +118,43 @@ def test_refdavis17_slots_and_every_frame_annotated(tmp_path: Path) -> None:
     assert not video.target_mask(video.expressions[6], 3).any()
 
 
+def test_refdavis17_void_label_and_davis_480p_nesting(tmp_path: Path) -> None:
+    _ytvos(tmp_path, split="valid", annotated=list(range(8)), davis=True)
+    annotations = tmp_path / "valid" / "Annotations"
+    (annotations / "vid1").rename(tmp_path / "vid1")
+    (annotations / "480p").mkdir()
+    (tmp_path / "vid1").rename(annotations / "480p" / "vid1")  # DAVIS' own nesting by resolution
+    labels = _labels(3)
+    labels[2:6, 9] = 255  # void right of object 1
+    _put(annotations / "480p" / "vid1" / "00003.png", _png(labels))
+    video = read_refdavis17(str(tmp_path)).videos["vid1"]
+    np.testing.assert_array_equal(video.void_mask(3), labels == 255)
+    assert not video.void_mask(2).any()
+    np.testing.assert_array_equal(video.target_mask(video.expressions[0], 3), _labels(3) == 1)
+    np.testing.assert_array_equal(video.annotation.labels(3), labels)
+    assert read_refytvos(str(tmp_path), split="valid").videos["vid1"].void is None  # Ref-YouTube-VOS has none
+
+
+def test_refdavis17_refuses_a_video_without_annotations_or_with_a_frame_missing(tmp_path: Path) -> None:
+    _ytvos(tmp_path, split="valid", annotated=[f for f in range(8) if f != 6], davis=True)
+    folder = tmp_path / "valid" / "Annotations" / "vid1"
+    _raises(lambda: read_refdavis17(str(tmp_path)), f"{folder}/00006.png", "vid1", "00006",
+            "ground-truth frame missing (1 of 8 frames have no PNG); Ref-DAVIS17 annotates every frame")
+    for png in folder.iterdir():
+        png.rename(tmp_path / "valid" / "Annotations" / png.name)  # one level too high
+    _raises(lambda: read_refdavis17(str(tmp_path)), str(folder), "vid1", None,
+            "no annotation PNG for the video; Ref-DAVIS17 expects <split>/Annotations/<video>/<frame>.png "
+            "(ReferFormer's convert_davis_to_ytvos.py layout) or <split>/Annotations/480p/<video>/<frame>.png")
+
+
+def test_refdavis17_object_id_255_is_void(tmp_path: Path) -> None:
+    _ytvos(tmp_path, split="valid", annotated=list(range(8)), davis=True)
+    (tmp_path / "valid" / "meta.json").unlink()
+    _edit_meta(tmp_path, "valid", lambda v: [v["expressions"][str(i)].update(obj_id="255") for i in range(4)])
+    meta = f"{tmp_path}/meta_expressions/valid/meta_expressions.json"
+    _raises(lambda: read_refdavis17(str(tmp_path)), meta, "vid1", "255", "object id 255 is DAVIS' void label")
+
+
 # --- malformed palette layouts ---------------------------------------------------------------------
 
 

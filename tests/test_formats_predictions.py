@@ -16,6 +16,7 @@ from PIL import Image
 from pipelines.formats import (
     PREDICTION_SCHEMA,
     Dataset,
+    Expression,
     FormatError,
     PredictedMask,
     VideoRecord,
@@ -25,6 +26,7 @@ from pipelines.formats import (
     write_parquet_predictions,
     write_png_predictions,
 )
+from pipelines.formats.prediction_palette import MergedPalettePredictions
 from pipelines.formats.prediction_parquet import ParquetPredictions
 from pipelines.formats.prediction_png import PngFolderPredictions, ZipPredictions
 
@@ -128,6 +130,64 @@ def test_codalab_zip_round_trip(tmp_path: Path, layout: str, prefix: str) -> Non
 def test_codalab_zip_over_s3(s3) -> None:
     write_codalab_zip(_predictions(), s3.uri("sub/ytvos.zip"), "refytvos", s3.storage_options)
     _assert_lookup(open_predictions(s3.uri("sub/ytvos.zip"), _dataset(), s3.storage_options))
+
+
+def _by_index(predictions: list[PredictedMask]) -> list[PredictedMask]:
+    """The same predictions named by frame index ("0") instead of the annotation's names ("00000")."""
+    return [PredictedMask(p.video_id, p.expr_id, p.frame_idx, str(p.frame_idx), p.mask) for p in predictions]
+
+
+def test_every_store_names_the_frames_that_are_not_frames_of_the_video(tmp_path: Path) -> None:
+    predictions = [p for p in _predictions() if p.video_id == VIDEOS[0]]
+    write_png_predictions(_by_index(predictions[:4]) + predictions[4:], str(tmp_path / "png"))
+    write_codalab_zip(_by_index(predictions), str(tmp_path / "sub.zip"), "mevis")
+    for uri in (tmp_path / "png", tmp_path / "sub.zip"):
+        store = open_predictions(str(uri), _dataset())
+        assert store.foreign_frames(VIDEOS[0], "0") == (["0", "1", "2", "3"])
+        assert store.foreign_frames(VIDEOS[0], "1") == ([] if uri.name == "png" else ["0", "1", "2", "3"])
+        assert store.mask(VIDEOS[0], "0", 0) is None  # a foreign name is never read as frame 0
+    moved = [PredictedMask(p.video_id, p.expr_id, p.frame_idx + 3, p.frame_name, p.mask) for p in predictions]
+    write_parquet_predictions(moved, str(tmp_path / "parquet"))
+    store = open_predictions(str(tmp_path / "parquet"), _dataset())
+    assert store.foreign_frames(VIDEOS[0], "1") == ["4", "5", "6"]  # indices past the 4 frames
+    assert open_predictions(str(tmp_path / "png")).foreign_frames(VIDEOS[0], "0") == []  # no dataset: cannot tell
+
+
+def test_png_folder_one_frame_record_without_the_frame_level(tmp_path: Path) -> None:
+    mask = _mask(0, 0, 1)
+    (tmp_path / "COCO_1").mkdir()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp_path / "COCO_1" / "17.png")
+    dataset = Dataset("refcoco", {"COCO_1": VideoRecord("COCO_1", ["COCO_1"], H, W)})
+    store = open_predictions(str(tmp_path), dataset)
+    assert store.expressions("COCO_1") == {"17"} and store.foreign_frames("COCO_1", "17") == []
+    np.testing.assert_array_equal(store.mask("COCO_1", "17", 0), mask)
+
+
+def _davis_dataset() -> Dataset:
+    expressions = [Expression(str(i), f"e{i}", (str(i // 4 + 1),), slot=i % 4) for i in range(8)]
+    return Dataset("refdavis17", {"vid": VideoRecord("vid", FRAMES, H, W, expressions=expressions)})
+
+
+def test_referformer_merged_palette_runs(tmp_path: Path) -> None:
+    labels = np.zeros((H, W), dtype=np.uint8)
+    labels[1:4, 1:4] = 1  # the first object of the video (expressions 0..3)
+    labels[8:12, 5:9] = 2  # the second (expressions 4..7)
+    for name in FRAMES[:2]:
+        (tmp_path / "anno_1" / "vid").mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(labels, mode="P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (253 * 3))
+        image.save(tmp_path / "anno_1" / "vid" / f"{name}.png")
+    store = open_predictions(str(tmp_path), _davis_dataset())
+    assert isinstance(store, MergedPalettePredictions)
+    assert store.expressions("vid") == {"1", "5"}  # run 1 of both objects; runs 0, 2, 3 absent
+    np.testing.assert_array_equal(store.mask("vid", "5", 1), labels == 2)
+    np.testing.assert_array_equal(store.mask("vid", "1", "00000"), labels == 1)
+    assert store.mask("vid", "5", 3) is None and store.mask("vid", "4", 0) is None
+    Image.fromarray(labels).save(tmp_path / "anno_1" / "vid" / "7.png")
+    assert store.foreign_frames("vid", "5") == []  # listed before the file appeared
+    assert open_predictions(str(tmp_path), _davis_dataset()).foreign_frames("vid", "5") == ["7"]
+    _raises(lambda: open_predictions(str(tmp_path)), str(tmp_path), None, None,
+            "the merged-palette layout (anno_<slot>/) needs the annotations")
 
 
 # --- malformed predictions ---------------------------------------------------------------------------

@@ -423,6 +423,72 @@ def test_refdavis_four_run_protocol():
     assert summary.subsets["run:annotator2-full-video"]["F"] == pytest.approx(run_f[3])
 
 
+def test_void_pixels_are_left_out_of_j_and_background_in_f():
+    """davis2017-evaluation's db_eval_iou / f_measure: void pixels leave the union and are cleared from
+    both masks before the boundary maps (6 x 12 frames: boundary radius 1)."""
+    gt = np.zeros((1, 6, 12), dtype=bool)
+    gt[0, 1:3, 1:3] = True  # 4 px
+    pred = np.zeros_like(gt)
+    pred[0, 1:3, 1:6] = True  # the square and 6 px to its right
+    void = np.zeros_like(gt)
+    void[0, 1:3, 3:6] = True  # exactly those 6 px
+    assert metrics.jaccard_per_frame(pred, gt)[0] == pytest.approx(4 / 10)
+    assert metrics.jaccard_per_frame(pred, gt, void)[0] == 1.0  # I 4, U 10 - 6
+    assert metrics.boundary_f_per_frame(pred, gt)[0] < 1.0
+    assert metrics.boundary_f_per_frame(pred, gt, void)[0] == 1.0  # pred minus void is the square
+    assert metrics.expression_scores(pred, gt, void) == (1.0, 1.0)
+    result = metrics.score_expression("v", "0", pred, gt, void=void)
+    assert (result.J, result.F) == (1.0, 1.0)
+    # A prediction on void pixels only, nothing to find: union empty (J 1), no boundary left (F 1).
+    assert metrics.expression_scores(void, np.zeros_like(gt), void) == (1.0, 1.0)
+    labels = np.where(pred, 1, 0)
+    j, f = metrics.davis_unsupervised_scores(labels, gt[None], void)
+    assert (j[0], f[0]) == (1.0, 1.0)
+
+
+def _three_objects() -> np.ndarray:
+    """2 frames of 4 x 16 (boundary radius 1): object 1 at columns 1-2 and object 2 at columns 12-13 in
+    both frames; object 3 (columns 6-7) only in frame 1, so frame 0's highest id is 2."""
+    annotation = np.zeros((2, 4, 16), dtype=np.uint8)
+    annotation[:, 1:3, 1:3] = 1
+    annotation[:, 1:3, 12:14] = 2
+    annotation[1, 1:3, 6:8] = 3
+    return annotation
+
+
+def test_davis_official_convention_objects_of_frame_0_not_of_the_expressions():
+    annotation = _three_objects()
+    truth = np.stack([annotation == 1, annotation == 3])  # the expressions describe objects 1 and 3
+    probabilities = [t.astype(np.float32) for t in truth]  # both exact
+    ours = metrics.score_davis_slot("v", 0, ["1", "3"], ["0", "4"], probabilities, truth)
+    assert [(r.obj_id, r.J, r.F) for r in ours] == [("1", 1.0, 1.0), ("3", 1.0, 1.0)]
+    official = metrics.score_davis_slot_official("v", 0, ["1", "3"], ["0", "4"], probabilities, annotation)
+    # Objects 1..2: object 3 (id above frame 0's highest) is dropped; object 2, which no expression
+    # describes, is matched to label 2 (object 3's mask): frame 0 empty prediction (J 0, P 1 R 0: F 0),
+    # frame 1 disjoint and far (J 0, F 0).
+    assert [(r.obj_id, r.expr_id, r.J, r.F) for r in official] == [("1", "0", 1.0, 1.0), ("2", "", 0.0, 0.0)]
+
+
+def test_davis_official_convention_credits_a_missing_expressions_object_through_another_label():
+    annotation = _three_objects()[:1]  # frame 0 only: objects 1 and 2
+    truth = np.stack([annotation == 1, annotation == 2])
+    probabilities = [truth[1].astype(np.float32), None]  # object 1's expression finds object 2; 2's is missing
+    ours = metrics.score_davis_slot("v", 0, ["1", "2"], ["0", "4"], probabilities, truth)
+    assert [(r.obj_id, r.J, r.missing) for r in ours] == [("1", 0.0, False), ("2", 0.0, True)]
+    official = metrics.score_davis_slot_official("v", 0, ["1", "2"], ["0", "4"], probabilities, annotation)
+    assert [(r.obj_id, r.J, r.F) for r in official] == [("1", 0.0, 0.0), ("2", 1.0, 1.0)]
+
+
+def test_davis_official_convention_void_label_and_empty_first_frame():
+    annotation = _three_objects()
+    annotation[:, 1:3, 3] = 255  # void right of object 1, never an object
+    probability = np.where(annotation == 1, 1.0, 0.0).astype(np.float32)
+    probability[:, 1:3, 3] = 1.0  # the prediction also covers the void column
+    official = metrics.score_davis_slot_official("v", 0, ["1"], ["0"], [probability], annotation)
+    assert [(r.obj_id, r.J, r.F) for r in official][0] == ("1", 1.0, 1.0)
+    assert metrics.score_davis_slot_official("v", 0, ["1"], ["0"], [probability], np.zeros_like(annotation)) == []
+
+
 def test_refdavis_four_run_needs_every_run():
     row = metrics.DavisObjectResult("v", 0, "1", "0", 1.0, 1.0)
     with pytest.raises(ValueError, match="annotator1-full-video"):
@@ -494,3 +560,22 @@ def test_ciou_and_giou():
         "gIoU": pytest.approx((0.25 + 0.9 + 0 + 1) / 4),
     }
     assert summary.missing == [{"image": "i3", "expr_id": "0"}]
+
+
+def test_image_void_pixels_leave_intersection_and_union_and_kinds_are_subsets():
+    """LISA's intersectionAndUnionGPU sets ReasonSeg's ignore pixels (255) aside from both counts."""
+    gt = np.zeros((4, 4), dtype=bool)
+    gt[:2, :2] = True  # 4 px
+    void = np.zeros_like(gt)
+    void[2:] = True  # 8 px
+    pred = np.zeros_like(gt)
+    pred[:, :2] = True  # the target and 4 void px
+    row = metrics.score_image("i", "0", pred, gt, void=void, kind="short_query")
+    assert (row.intersection, row.union, row.iou) == (4, 4, 1.0)
+    assert metrics.score_image("i", "0", pred, gt).iou == 0.5
+    missing = metrics.score_image("j", "0", None, gt | void, void=void, kind="long_query")
+    assert (missing.intersection, missing.union, missing.iou) == (0, 4, 0.0)
+    summary = metrics.image_summary([row, missing])
+    assert summary.scores == {"cIoU": 0.5, "gIoU": 0.5}
+    assert summary.subsets == {"kind:long_query": {"cIoU": 0.0, "gIoU": 0.0, "num_expressions": 1},
+                               "kind:short_query": {"cIoU": 1.0, "gIoU": 1.0, "num_expressions": 1}}

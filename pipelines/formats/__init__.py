@@ -1,7 +1,11 @@
 """Dataset readers/writers into one internal model (see `pipelines.formats.model`).
 
+Image benchmarks (RefCOCO family, ReasonSeg) are read as one-frame videos, so every prediction store
+and the per-expression scoring serve them unchanged.
+
 ``read_dataset(format, uri)`` is the one entry point evaluation uses; ``FORMATS`` lists the names.
-Prediction sets are opened with ``open_predictions`` (PNG folder, Parquet folder or CodaLab zip).
+Prediction sets are opened with ``open_predictions`` (PNG folder, Parquet folder, CodaLab zip or
+ReferFormer's merged-palette Ref-DAVIS17 runs).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pipelines.formats.prediction_parquet import PREDICTION_SCHEMA, prediction_r
 from pipelines.formats.prediction_png import write_codalab_zip, write_png_predictions
 from pipelines.formats.prediction_store import PredictedMask, PredictionStore
 from pipelines.formats.predictions import open_predictions
+from pipelines.formats.reasonseg import read_reasonseg
 from pipelines.formats.reasonvos import read_reasonvos
+from pipelines.formats.refcoco import read_refcoco
 from pipelines.formats.rle_layout import read_mevis, read_revos, write_mevis, write_revos
 
 _SPLIT_READERS: dict[str, Callable[..., Dataset]] = {
@@ -29,6 +35,8 @@ _READERS: dict[str, Callable[..., Dataset]] = {
     "reasonvos": read_reasonvos,
     "charades-sta": read_charades_sta,
     "activitynet": read_activitynet,
+    "refcoco": read_refcoco,
+    "reasonseg": read_reasonseg,
 }
 FORMATS = tuple(sorted([*_READERS, *_SPLIT_READERS]))
 
@@ -50,7 +58,8 @@ def read_dataset(fmt: str, uri: str, storage_options: Mapping[str, Any] | None =
 __all__ = [
     "FORMATS", "PREDICTION_SCHEMA", "Dataset", "Expression", "FormatError", "MaskTrack", "Moment", "PredictedMask",
     "PredictionStore", "RLETrack", "VideoRecord", "open_predictions", "prediction_row", "read_activitynet",
-    "read_charades_sta", "read_dataset", "read_mevis", "read_reasonvos", "read_refdavis17", "read_refytvos",
+    "read_charades_sta", "read_dataset", "read_mevis", "read_reasonseg", "read_reasonvos", "read_refcoco",
+    "read_refdavis17", "read_refytvos",
     "read_revos", "write_charades_sta", "write_codalab_zip", "write_mevis", "write_parquet_predictions",
     "write_png_predictions", "write_revos",
 ]

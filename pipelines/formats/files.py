@@ -119,13 +119,19 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def image_error(exc: Exception) -> str:
+    """Why PIL could not read an image, without the object reprs (memory addresses) PIL puts in its
+    messages, so the same file gives the same message in every process."""
+    return "not an image file PIL can identify" if isinstance(exc, UnidentifiedImageError) else str(exc)
+
+
 def decode_label_png(data: bytes, file: str, video: str | None, key: str | None) -> np.ndarray:
     """A palette or single-channel PNG as a 2-D uint8 array of its indices / grey values."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
-        raise FormatError(file, f"not a readable PNG: {exc}", video, key) from None
+        raise FormatError(file, f"not a readable PNG: {image_error(exc)}", video, key) from None
     if image.mode not in ("P", "L", "1"):
         raise FormatError(file, f"expected a palette or single-channel PNG, got mode {image.mode}", video, key)
     return np.asarray(image, dtype=np.uint8)
@@ -159,7 +165,7 @@ def image_size(loc: Location, video: str | None = None) -> tuple[int, int]:
     except FileNotFoundError:
         raise FormatError(loc.uri, "file not found", video) from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise FormatError(loc.uri, f"not a readable image: {exc}", video) from None
+        raise FormatError(loc.uri, f"not a readable image: {image_error(exc)}", video) from None
     return int(height), int(width)
 
 

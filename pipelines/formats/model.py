@@ -73,6 +73,14 @@ class MaskTrack(Protocol):
         ...
 
 
+class LabelFrames(Protocol):
+    """A video's annotation as one label map per frame (palette layouts: object ids, 0 background)."""
+
+    def labels(self, frame_idx: int, key: str | None = None) -> np.ndarray | None:
+        """The (H, W) uint8 label map at ``frame_idx``, or None where the frame has no annotation."""
+        ...
+
+
 @dataclass
 class RLETrack:
     """A track stored as one COCO RLE (or None) per frame; ``source`` names the file for errors."""
@@ -106,6 +114,9 @@ class VideoRecord:
     (Ref-YouTube-VOS every 5th frame, ReasonVOS); None means every frame.
     ``foreground`` is the union of all annotated objects per frame where a dataset ships it (ReVOS'
     ``mask_dict_foreground.json``, used by its robustness score).
+    ``void`` marks the pixels the benchmark's scorer leaves out (Ref-DAVIS17's label 255, ReasonSeg's
+    "ignore" polygons); ``annotation`` is the raw per-frame label map where the official scorer reads
+    more than the expressions' objects from it (Ref-DAVIS17: every object id of frame 0).
     """
 
     video_id: str
@@ -119,6 +130,8 @@ class VideoRecord:
     fps: float | None = None
     annotated_frames: list[int] | None = None
     foreground: MaskTrack | None = None
+    void: MaskTrack | None = None
+    annotation: LabelFrames | None = None
 
     @property
     def num_frames(self) -> int:
@@ -143,6 +156,13 @@ class VideoRecord:
             if mask is not None:
                 out |= mask
         return out
+
+    def void_mask(self, frame_idx: int) -> np.ndarray | None:
+        """Void pixels at ``frame_idx`` (None when the dataset marks none)."""
+        if self.void is None:
+            return None
+        mask = self.void.frame_mask(frame_idx)
+        return np.zeros((self.height, self.width), dtype=bool) if mask is None else mask
 
 
 @dataclass

@@ -156,6 +156,13 @@ class ParquetPredictions(PredictionStore):
     def expressions(self, video_id: str) -> set[str]:
         return {expr_id for expr_id, _ in self._rows(video_id)[0]}
 
+    def foreign_frames(self, video_id: str, expr_id: str) -> list[str]:
+        video = self._video(video_id)
+        if video is None:
+            return []
+        by_index, _ = self._rows(video_id)
+        return [str(i) for e, i in sorted(by_index) if e == expr_id and not 0 <= i < video.num_frames]
+
     def _lookup(self, video_id: str, expr_id: str, frame: int | str) -> _Row | None:
         by_index, by_name = self._rows(video_id)
         if isinstance(frame, str):

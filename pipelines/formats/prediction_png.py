@@ -1,7 +1,9 @@
 """Predictions as PNGs: the folder layout ``<video>/<expr_id>/<frame>.png`` and the CodaLab zips.
 
 Each PNG is single-channel, 255 on the object and 0 elsewhere (readers take any non-zero pixel as
-object, and accept palette PNGs too). The CodaLab submissions are the same tree in a zip:
+object, and accept palette PNGs too). In a folder, the prediction of a one-frame record (an image of
+RefCOCO or ReasonSeg) may leave out the frame level: ``<image>/<expr_id>.png``. The CodaLab
+submissions are the same tree in a zip:
 
 * MeViS: video folders at the root of the zip (``<video>/<expr_id>/<frame>.png``), as the MeViS
   README's ``sample_submission_valid.zip`` shows;
@@ -111,6 +113,13 @@ class _PngLayoutStore(PredictionStore):
             check_size(labels, expected, file, video_id, expr_id)
         return labels != 0
 
+    def foreign_frames(self, video_id: str, expr_id: str) -> list[str]:
+        video = self._video(video_id)
+        if video is None:
+            return []
+        known = set(video.frame_names)
+        return sorted(name for name in self._index(video_id).get(expr_id, {}) if name not in known)
+
     def _frame_name(self, video_id: str, frames: dict[str, str], index: int) -> str | None:
         video = self._video(video_id)
         names = video.frame_names if video is not None else sorted(frames)
@@ -133,11 +142,15 @@ class PngFolderPredictions(_PngLayoutStore):
         self.root = root
 
     def _list_video(self, video_id: str) -> dict[str, dict[str, str]]:
+        video = self._video(video_id)
+        single_frame = video.frame_names[0] if video is not None and video.num_frames == 1 else None
         index: dict[str, dict[str, str]] = {}
         for relative in self.root.child(video_id).list_files():
             expr_id, _, file_name = relative.partition("/")
             if file_name.endswith(".png") and "/" not in file_name:
                 index.setdefault(expr_id, {})[file_name[: -len(".png")]] = f"{video_id}/{relative}"
+            elif not file_name and single_frame is not None and expr_id.endswith(".png"):
+                index.setdefault(expr_id[: -len(".png")], {})[single_frame] = f"{video_id}/{relative}"
         return index
 
     def _read_member(self, member: str) -> bytes:

@@ -47,6 +47,11 @@ class PredictionStore(ABC):
     def mask(self, video_id: str, expr_id: str, frame: int | str) -> np.ndarray | None:
         """Boolean (H, W) mask at ``frame`` (index or frame name), or None where nothing was predicted."""
 
+    def foreign_frames(self, video_id: str, expr_id: str) -> list[str]:
+        """The expression's predicted frames that are not frames of the video (names, or indices as
+        text), sorted; empty when the store cannot tell (no dataset) or holds none."""
+        return []
+
     def _video(self, video_id: str) -> VideoRecord | None:
         return None if self.dataset is None else self.dataset.videos.get(video_id)
 
