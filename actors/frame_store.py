@@ -13,13 +13,15 @@ keyframe interval, the number of anchors and the direction.
 Memory holds one chunk (``SWEEP_CHUNK_BYTES`` while sweeping); the scratch file holds ``num_frames * height * width * 3`` bytes and is read
 with ``pread`` (the page cache, not this process's RSS, keeps it warm). ``frame_store`` sweeps only
 an encoded video (a frame folder is random access already) and only when the file fits the decoder's
-``max_store_bytes``; otherwise it returns the decoder itself. Both give identical pixels: the sweep and
+``max_store_bytes``; otherwise it logs a warning and returns the decoder itself (``random_access_fallback``
+tells, and ``vrseg label`` counts such videos in ``run.json``). Both give identical pixels: the sweep and
 random access decode through the same decord reader size, and decoding does not depend on where it
 started.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import weakref
@@ -30,6 +32,9 @@ import numpy as np
 
 from actors.decode import Direction, FrameChunk, FrameSource, Size, VideoDecoder
 from actors.scratch import scratch_prefix
+from actors.uri import redact
+
+logger = logging.getLogger(__name__)
 
 SWEEP_CHUNK_BYTES = 16 << 20
 """Frames decoded per step of the sweep: small steps keep the decoded arrays in reused memory (measured:
@@ -151,6 +156,12 @@ class SweptFrames:
             yield FrameChunk(indices.copy(), np.ascontiguousarray(frames))
 
 
+def random_access_fallback(frames: FrameSource) -> bool:
+    """Whether ``frames``, from ``frame_store``, is an encoded video left to random access (too large for its
+    ``max_store_bytes``): ``frame_store`` gives a decoder back only then."""
+    return isinstance(frames, VideoDecoder)
+
+
 @contextmanager
 def frame_store(source: FrameSource, size: Size, file: StoreFile | None = None) -> Iterator[FrameSource]:
     """``source``'s frames at ``size`` for a job that reads most of them: swept once into ``file`` (a
@@ -160,7 +171,11 @@ def frame_store(source: FrameSource, size: Size, file: StoreFile | None = None) 
         yield source
         return
     out_size = source.output_size(size)
-    if source.num_frames * out_size[0] * out_size[1] * 3 > source.config.max_store_bytes:
+    needed = source.num_frames * out_size[0] * out_size[1] * 3
+    if needed > source.config.max_store_bytes:
+        logger.warning("%s: %d frames at %dx%d need %d bytes of frame store, above decoder.max_store_bytes %d: "
+                       "read by random access instead (frames may be decoded several times)", redact(source.uri),
+                       source.num_frames, out_size[1], out_size[0], needed, source.config.max_store_bytes)
         yield source
         return
     own = file is None

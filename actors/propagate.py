@@ -20,7 +20,7 @@ import torch
 
 from actors.decode import DecoderConfig, FrameSource
 from actors.engine import EngineConfig, ExpressionQuery, KeyFrames, MaskStage, key_frame_union
-from actors.frame_store import StoreFile, frame_store
+from actors.frame_store import StoreFile, frame_store, random_access_fallback
 from actors.frames import open_source
 from actors.mask_spool import MaskSpool
 from actors.mllm import VideoPrompts, inference_device, load_inference_model, queries_of
@@ -80,7 +80,8 @@ class VideoSegmenter:
                                       spool)
         tracks = [ExpressionTrack(query.expr_id, out.anchor, out.key_frames, out.cleared, moment)
                   for query, out, moment in zip(queries, masks, prompted.moments, strict=True)]
-        return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files)
+        return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files,
+                          random_access_fallback(frames))
 
 
 class Propagator:

@@ -16,8 +16,10 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
-_SECRET_KEYS = ("secret", "password", "token", "key_id", "access_key")
-_SECRET_NAMES = ("key", "anon_key")
+# Credential names: a word of the name (split at non-alphanumerics) is one of _SECRET_WORDS, or its last word is
+# "key" (``key``, ``api_key``, ``secret_access_key``). ``video_tokens_per_frame`` or ``key_frames`` are not secrets.
+_SECRET_WORDS = frozenset({"secret", "password", "passwd", "token", "credential", "credentials"})
+_WORD = re.compile(r"[^a-z0-9]+")
 
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -87,7 +89,8 @@ def join(base: str, *parts: str) -> str:
 
 def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
-    return lowered in _SECRET_NAMES or any(s in lowered for s in _SECRET_KEYS)
+    words = [w for w in _WORD.split(lowered) if w]
+    return bool(words) and (words[-1] == "key" or "key_id" in lowered or any(w in _SECRET_WORDS for w in words))
 
 
 def redact(value: Any) -> Any:

@@ -18,8 +18,10 @@ This module imports no torch: the decode and write stages load it without the mo
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -39,6 +41,9 @@ VIDEO_ROW_SCHEMA = pa.schema([
     pa.field("payload", pa.large_binary(), nullable=False),
 ])
 MAX_MESSAGE_CHARS = 2000
+MAX_TRACEBACK_CHARS = 4000
+INTERNAL = "internal"  # the kind of an unexpected exception (a bug or an environment problem, not the input)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class VideoOutput(Protocol):
 
     num_frames: int
     files: list[Any]
+    store_fallback: bool  # the video was read by random access: too large for the frame store
 
     @property
     def num_expressions(self) -> int: ...
@@ -121,8 +127,9 @@ class ExpressionTrack:
 
 @dataclass
 class VideoMasks:
-    """``Propagator``'s payload for one video: its geometry, its tracks, and the mask files already written
-    (the output writer's records, which the commit marker lists)."""
+    """``Propagator``'s payload for one video: its geometry, its tracks, the mask files already written
+    (the output writer's records, which the commit marker lists), and whether the video was too large for
+    the frame store (``actors.frame_store.random_access_fallback``)."""
 
     num_frames: int
     fps: float
@@ -130,6 +137,7 @@ class VideoMasks:
     width: int
     tracks: list[ExpressionTrack]
     files: list[Any]
+    store_fallback: bool = False
 
     @property
     def num_expressions(self) -> int:
@@ -154,6 +162,7 @@ class VideoMoments:
     fps: float
     moments: list[tuple[str, ExpressionMoment]]  # (expr_id, moment) in query order
     files: list[Any] = field(default_factory=list)
+    store_fallback: bool = False  # no frame store in grounding
 
     @property
     def num_expressions(self) -> int:
@@ -182,10 +191,31 @@ class Failure:
 
     @classmethod
     def of(cls, stage: str, exc: BaseException) -> Failure:
-        """The failure of ``exc``: ``kind`` from its ``kind`` attribute (``DecodeError``) or its type name."""
-        kind = getattr(exc, "kind", None) or type(exc).__name__
+        """The failure of ``exc``. An input error carries its ``kind`` (``DecodeError``) and keeps its one-line
+        message; any other exception is ``internal``: its line, then its traceback (``internal_message``)."""
+        kind = getattr(exc, "kind", None)
+        if not kind:
+            return cls(stage, INTERNAL, internal_message(exc))
         message = redact(str(exc)) or type(exc).__name__
         return cls(stage, str(kind), message[:MAX_MESSAGE_CHARS])
+
+
+def internal_message(exc: BaseException) -> str:
+    """``Type: message`` then the redacted traceback, its innermost ``MAX_TRACEBACK_CHARS`` kept."""
+    head = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:MAX_MESSAGE_CHARS]
+    trace = redact("".join(traceback.format_exception(exc))).rstrip()
+    if len(trace) > MAX_TRACEBACK_CHARS:
+        trace = "[... traceback truncated]\n" + trace[-MAX_TRACEBACK_CHARS:]
+    return f"{head}\n{trace}"
+
+
+def failure_json(stage: str, video_id: str, exc: BaseException) -> str:
+    """``Failure.of(stage, exc)`` as a row's ``failure``; an internal one is logged too (the worker log, which
+    reaches the driver unless ``ray.log_to_driver`` is off)."""
+    failure = Failure.of(stage, exc)
+    if failure.kind == INTERNAL:
+        logger.error("vrseg %s: video %s: %s", stage, video_id, failure.message)
+    return failure.to_json()
 
 
 def payload_of(row: dict[str, Any]) -> Any:  # noqa: ANN401 - the previous stage's dataclass
@@ -230,7 +260,7 @@ class StageRunner:
             payload = pickle.dumps(self._attempt(row), protocol=pickle.HIGHEST_PROTOCOL)
             failure = ""
         except Exception as exc:  # every per-video failure becomes a row; the job goes on
-            payload, failure = b"", Failure.of(self.stage, exc).to_json()
+            payload, failure = b"", failure_json(self.stage, row["video_id"], exc)
         timings[self.stage] = timings.get(self.stage, 0.0) + time.perf_counter() - start
         return {**row, "failure": failure, "timings": json.dumps(timings), "payload": payload}
 

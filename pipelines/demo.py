@@ -71,9 +71,11 @@ def run_demo(out_dir: Path, overlays: int) -> int:
 
         config, model = load_label_config("configs/label/tiny.yaml")
         config.storage_options = options
-        print(f"[demo] vrseg label --manifest {corpus}/manifest.jsonl --output {labels} "
-              f"--config configs/label/tiny.yaml --overlays {overlays}", flush=True)
-        result = label(InputSpec(manifest=f"{corpus}/manifest.jsonl"), labels, config, model, overlays=overlays)
+        command = ["vrseg", "label", "--manifest", f"{corpus}/manifest.jsonl", "--output", labels,
+                   "--config", "configs/label/tiny.yaml", "--overlays", str(overlays)]
+        print(f"[demo] {' '.join(command)}", flush=True)
+        result = label(InputSpec(manifest=f"{corpus}/manifest.jsonl"), labels, config, model, overlays=overlays,
+                       argv=command)
         print(summary_line(result), flush=True)
 
         print(f"[demo] vrseg evaluate --format mevis --annotations {corpus} --predictions {labels} --out {out_dir}",

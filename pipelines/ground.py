@@ -32,6 +32,7 @@ from typing import Any
 from actors.grounder import Grounder
 from actors.model.config import ModelConfig
 from actors.uri import redact
+from pipelines.attempts import Attempts
 from pipelines.evaluate import GROUNDING_FORMATS
 from pipelines.formats import Moment, read_dataset
 from pipelines.label import (
@@ -42,8 +43,8 @@ from pipelines.label import (
     decoded_rows,
     ensure_ray,
     exit_status,
+    guarded_stage,
     model_for_actors,
-    pool_options,
     resolved_storage_options,
     run_pending,
     run_record,
@@ -51,6 +52,7 @@ from pipelines.label import (
 )
 from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, load_label_config
 from pipelines.manifest import LabelEntry, entries_from_moments
+from pipelines.preflight import check_credentials
 from pipelines.storage import CommitRecord, OutputStore
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -66,12 +68,11 @@ class GroundRun:
 
 
 def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
-                   options: Mapping[str, Any]) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+                   options: Mapping[str, Any], attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
     """The Ray Data program: one row per video through decode -> ground -> write."""
-    lowres = decoded_rows(entries, config, options)
-    moments = lowres.map_batches(Grounder, fn_constructor_kwargs={
-        "model": model, "engine": config.engine, "torch_threads": config.pools.mllm.threads()},
-        **pool_options(config.pools.mllm))
+    lowres = decoded_rows(entries, config, options, attempts)
+    moments = guarded_stage(lowres, Grounder, "ground", "mllm", {
+        "model": model, "engine": config.engine, "torch_threads": config.pools.mllm.threads()}, config, attempts)
     return committed_rows(moments, output_uri, config, options)
 
 
@@ -96,19 +97,21 @@ def ground(fmt: str, annotations: str, videos: str, output_uri: str, config: Lab
         raise ValueError(f"--format must be one of {GROUNDING_FORMATS}, got {fmt!r}")
     start = time.perf_counter()
     options = resolved_storage_options(config.storage_options, [annotations, videos, output_uri])
-    ensure_ray(address, config.ray.num_cpus)
+    check_credentials([annotations, videos, output_uri], options)
+    ensure_ray(address, config.ray)
     store = OutputStore(output_uri, options)
     dataset = read_dataset(fmt, annotations, options)
     inputs = entries_from_moments(dataset, videos, options, config.inputs)
     actor_model = model_for_actors(model)
-    result = run_pending(inputs, store, lambda pending: build_pipeline(pending, output_uri, config, actor_model,
-                                                                       options), progress)
+    result = run_pending(inputs, store, lambda pending, attempts: build_pipeline(
+        pending, output_uri, config, actor_model, options, attempts), progress, config.max_attempts)
     lines = prediction_lines(dataset.moments, store.committed())
     store.write_bytes(PREDICTIONS_FILE, "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8"))
     result.wall_seconds = time.perf_counter() - start
     record = run_record(result, {"format": fmt, "annotations": annotations, "videos": videos}, output_uri, config,
                         model, argv)
     record["counts"].pop("masks_written")
+    record["counts"].pop("frame_store_fallbacks")  # grounding has no frame store
     record["counts"].update({"queries": len(dataset.moments), "predictions": len(lines)})
     store.write_bytes(RUN_RECORD, json.dumps(record, indent=2).encode("utf-8"))
     return GroundRun(result, len(dataset.moments), len(lines))

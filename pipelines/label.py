@@ -4,7 +4,7 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
 
 1. inputs: a manifest read by Ray Data (``pipelines.manifest``), a benchmark (``--from-dataset``) or a
    folder of videos with one expressions file; bad rows / expressions become error rows;
-2. resume: videos whose commit marker exists under ``--output`` are skipped;
+2. resume: videos whose commit marker exists under ``--output`` are skipped (the markers are listed, not read);
 3. one row per remaining video flows through fixed-size actor pools with explicit batch sizes:
    ``LowresDecoder`` (CPU) -> ``MLLMWorker`` ([FIND], sampling inline, [SEG]; ``num_gpus`` from config)
    -> ``Propagator`` (SAM2 key-frame masks + BAP, masks spooled to local disk and written as the video's
@@ -24,7 +24,10 @@ stage: ``decoded_rows``, ``committed_rows`` and the driver's ``run_pending`` are
 Exactly once: a video's files are written before its marker; a video redone (a worker killed mid-video,
 Ray Data retrying its task; the driver killed and the command re-run) is rewritten with the same bytes
 under the same names, and a reader sees only committed videos. Worker actors are restarted by Ray Data
-(``max_restarts=-1``, tasks retried) when they die.
+(``max_restarts=-1``, tasks retried) when they die; a video whose processing kills its worker is tried at most
+``max_attempts`` times, then becomes an error row ``worker_died`` (``pipelines.attempts``). An unexpected
+exception is an error row of kind ``internal`` with its traceback, also in the worker log, which reaches the
+driver unless ``ray.log_to_driver`` is false.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ from actors.model.config import ModelConfig
 from actors.propagate import Propagator
 from actors.uri import join, protocol_of, redact, storage_options_for
 from actors.video_rows import Failure
+from pipelines.attempts import Attempts, attempt_ledger, guarded
 from pipelines.formats import FormatError, read_dataset
-from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, PoolConfig, load_label_config
+from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, PoolConfig, RayConfig, load_label_config
 from pipelines.label_writer import MaskFileWriter, VideoWriter
 from pipelines.manifest import (
     InputIssue,
@@ -65,7 +69,8 @@ from pipelines.manifest import (
     read_manifest,
 )
 from pipelines.overlays import write_overlays
-from pipelines.storage import OutputStore, StorageError
+from pipelines.preflight import check_credentials
+from pipelines.storage import OutputStore, StorageError, video_key
 
 DATASET_FORMATS = ("mevis", "revos", "reasonvos", "refytvos", "refdavis17")
 ERRORS_FILE = "errors/errors.parquet"
@@ -117,6 +122,7 @@ class LabelRun:
     failed: int = 0
     expressions_done: int = 0
     frames_done: int = 0
+    store_fallbacks: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -124,17 +130,18 @@ class LabelRun:
 
 
 # ---------------------------------------------------------------------------------------- setup
-def ensure_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, else start a local instance; nothing if Ray is already up."""
+def ensure_ray(address: str | None, config: RayConfig) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, else start a local instance; nothing if Ray is already up.
+    Worker logs reach the driver (Ray deduplicates them) unless ``config.log_to_driver`` is off."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=config.log_to_driver)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=config.log_to_driver)
 
 
 def resolved_storage_options(options: Mapping[str, Any], uris: Sequence[str]) -> dict[str, Any]:
@@ -174,17 +181,27 @@ def pool_options(pool: PoolConfig) -> dict[str, Any]:
             "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "batch_format": "pyarrow"}
 
 
-def decoded_rows(entries: Sequence[LabelEntry], config: LabelConfig,
-                 options: Mapping[str, Any]) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+def guarded_stage(rows: Any, stage_class: type, stage: str, pool: str, stage_kwargs: Mapping[str, Any],  # noqa: ANN401
+                  config: LabelConfig, attempts: Attempts) -> Any:  # noqa: ANN401 - ray.data.Datasets
+    """``rows`` through ``stage_class`` in ``config.pools.<pool>``, each video tried at most
+    ``attempts.max_attempts`` times if it kills its worker (``pipelines.attempts``)."""
+    pool_config: PoolConfig = getattr(config.pools, pool)
+    return rows.map_batches(guarded(stage_class, stage), fn_constructor_kwargs={
+        "attempts": attempts, "pool": pool, "max_memory_bytes": pool_config.max_memory_bytes,
+        "stage_kwargs": stage_kwargs}, **pool_options(pool_config))
+
+
+def decoded_rows(entries: Sequence[LabelEntry], config: LabelConfig, options: Mapping[str, Any],
+                 attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
     """One row per video through the low-res decode pool (the ``[FIND]`` frames): every job's first stage."""
     import ray.data
 
     engine = config.engine
     # One video per block (a retried block redoes one video), up to MAX_BLOCKS blocks for huge corpora.
     rows = ray.data.from_items([_row(e) for e in entries], override_num_blocks=min(len(entries), MAX_BLOCKS))
-    return rows.map_batches(LowresDecoder, fn_constructor_kwargs={
+    return guarded_stage(rows, LowresDecoder, "decode", "decode", {
         "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": config.decoder_config(),
-        "storage_options": options}, **pool_options(config.pools.decode))
+        "storage_options": options}, config, attempts)
 
 
 def committed_rows(rows: Any, output_uri: str, config: LabelConfig,  # noqa: ANN401 - a ray.data.Dataset
@@ -195,20 +212,20 @@ def committed_rows(rows: Any, output_uri: str, config: LabelConfig,  # noqa: ANN
 
 
 def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
-                   options: Mapping[str, Any], png: bool) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+                   options: Mapping[str, Any], png: bool, attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
     """The Ray Data program: one row per video through decode -> mllm -> propagate -> write."""
     decoder, engine, pools = config.decoder_config(), config.engine, config.pools
-    lowres = decoded_rows(entries, config, options)
+    lowres = decoded_rows(entries, config, options, attempts)
     shared = {"model": model, "engine": engine, "decoder": decoder, "storage_options": options}
     output = MaskFileWriter(output_uri, options, png)
     if config.stages == "fused":
-        masks = lowres.map_batches(FusedLabeler, fn_constructor_kwargs={
-            **shared, "output": output, "torch_threads": pools.label.threads()}, **pool_options(pools.label))
+        masks = guarded_stage(lowres, FusedLabeler, "label", "label", {
+            **shared, "output": output, "torch_threads": pools.label.threads()}, config, attempts)
     else:
-        prompted = lowres.map_batches(MLLMWorker, fn_constructor_kwargs={
-            **shared, "torch_threads": pools.mllm.threads()}, **pool_options(pools.mllm))
-        masks = prompted.map_batches(Propagator, fn_constructor_kwargs={
-            **shared, "output": output, "torch_threads": pools.propagate.threads()}, **pool_options(pools.propagate))
+        prompted = guarded_stage(lowres, MLLMWorker, "mllm", "mllm", {
+            **shared, "torch_threads": pools.mllm.threads()}, config, attempts)
+        masks = guarded_stage(prompted, Propagator, "propagate", "propagate", {
+            **shared, "output": output, "torch_threads": pools.propagate.threads()}, config, attempts)
     return committed_rows(masks, output_uri, config, options)
 
 
@@ -243,31 +260,33 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------- the job
-def run_pending(inputs: LabelInputs, store: OutputStore, pipeline: Callable[[list[LabelEntry]], Any],
-                progress: bool) -> LabelRun:
+def run_pending(inputs: LabelInputs, store: OutputStore, pipeline: Callable[[list[LabelEntry], Attempts], Any],
+                progress: bool, max_attempts: int) -> LabelRun:
     """The driver's part of a per-video job on Ray Data: the entries not committed under ``store`` (resume)
-    through ``pipeline(pending)``, whose summary rows it counts with the input issues as error rows, then
-    ``errors/errors.parquet``."""
+    through ``pipeline(pending, attempts)`` (the run's attempt ledger, ``pipelines.attempts``), whose summary
+    rows it counts with the input issues as error rows, then ``errors/errors.parquet``."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    committed = store.committed()
-    pending = [e for e in inputs.entries if e.video_id not in committed]
+    committed = store.committed_keys()  # names only: no marker is read
+    pending = [e for e in inputs.entries if video_key(e.video_id) not in committed]
     result = LabelRun(total=len(inputs.entries), skipped=len(inputs.entries) - len(pending))
     result.errors = [_issue_row(issue) for issue in inputs.issues]
     if pending:
         bar = Progress(len(pending), progress)
-        for row in pipeline(pending).iter_rows():
-            for stage, seconds in json.loads(row["timings"]).items():
-                result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
-            if row["failure"]:
-                result.failed += 1
-                result.errors.append(_failure_row(row["video_id"], Failure.from_json(row["failure"])))
-            else:
-                result.done += 1
-                result.expressions_done += row["num_expressions"]
-                result.frames_done += row["num_frames"] * row["num_expressions"]
-            bar.update(row["num_expressions"], result.failed)
+        with attempt_ledger(max_attempts) as attempts:
+            for row in pipeline(pending, attempts).iter_rows():
+                for stage, seconds in json.loads(row["timings"]).items():
+                    result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+                if row["failure"]:
+                    result.failed += 1
+                    result.errors.append(_failure_row(row["video_id"], Failure.from_json(row["failure"])))
+                else:
+                    result.done += 1
+                    result.expressions_done += row["num_expressions"]
+                    result.frames_done += row["num_frames"] * row["num_expressions"]
+                    result.store_fallbacks += row["store_fallback"]
+                bar.update(row["num_expressions"], result.failed)
         bar.close()
     store.write_bytes(ERRORS_FILE, _errors_parquet(result.errors))
     return result
@@ -283,12 +302,13 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
     """
     start = time.perf_counter()
     options = resolved_storage_options(config.storage_options, [*spec.uris(), output_uri])
-    ensure_ray(address, config.ray.num_cpus)
+    check_credentials([*spec.uris(), output_uri], options)
+    ensure_ray(address, config.ray)
     store = OutputStore(output_uri, options)
     inputs = read_inputs(spec, config, options)
     actor_model = model_for_actors(model)
-    result = run_pending(inputs, store, lambda pending: build_pipeline(
-        pending, output_uri, config, actor_model, options, png), progress)
+    result = run_pending(inputs, store, lambda pending, attempts: build_pipeline(
+        pending, output_uri, config, actor_model, options, png, attempts), progress, config.max_attempts)
     if overlays > 0:
         depth = max(len(e.queries) for e in inputs.entries) if inputs.entries else 0
         items = [(e.video_id, e.source, *e.queries[i]) for i in range(depth) for e in inputs.entries
@@ -338,7 +358,8 @@ def run_record(result: LabelRun, inputs: Mapping[str, Any], output_uri: str, con
         "versions": _versions(),
         "counts": {"videos": result.total, "done": result.done, "skipped_committed": result.skipped,
                    "failed": result.failed, "expressions_done": result.expressions_done,
-                   "masks_written": result.frames_done, "error_rows": len(result.errors)},
+                   "masks_written": result.frames_done, "error_rows": len(result.errors),
+                   "frame_store_fallbacks": result.store_fallbacks},
         "failures": {"by_kind": dict(sorted(kinds.items())), "first": result.errors[:100]},
         "stage_seconds": {k: round(v, 3) for k, v in sorted(result.stage_seconds.items())},
         "wall_seconds": round(result.wall_seconds, 3),

@@ -65,7 +65,8 @@ class PoolConfig:
     """One stage's fixed actor pool: ``size`` actors, ``batch_size`` videos per call, resources per actor.
 
     ``torch_threads``: intra-op threads each actor gives torch (None: ``max(1, int(num_cpus))``); more
-    threads than the CPUs an actor owns make every actor on the node slower.
+    threads than the CPUs an actor owns make every actor on the node slower. ``max_memory_bytes``: each
+    actor's memory limit (None: none), above which it is killed (``pipelines.attempts``).
     """
 
     size: int = 1
@@ -73,8 +74,11 @@ class PoolConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     torch_threads: int | None = None
+    max_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_memory_bytes is not None and self.max_memory_bytes < 1:
+            raise ValueError(f"pool max_memory_bytes must be >= 1 or null, got {self.max_memory_bytes}")
         if self.size < 1 or self.batch_size < 1:
             raise ValueError(f"pool size and batch_size must be >= 1, got {self.size}, {self.batch_size}")
         if self.num_cpus < 0 or self.num_gpus < 0:
@@ -103,9 +107,12 @@ STAGES = ("split", "fused")
 
 @dataclass
 class RayConfig:
-    """The local Ray instance started when neither ``--address`` nor ``RAY_ADDRESS`` names a cluster."""
+    """How the driver joins Ray: ``num_cpus`` of the local instance started when neither ``--address`` nor
+    ``RAY_ADDRESS`` names a cluster; ``log_to_driver``: worker logs (warnings, internal errors with their
+    tracebacks) printed by the driver, deduplicated by Ray; ``false`` silences them."""
 
     num_cpus: int | None = None
+    log_to_driver: bool = True
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
@@ -116,12 +123,16 @@ class RayConfig:
 class LabelConfig:
     """``vrseg label`` configuration (see the module docstring).
 
+    ``max_attempts``: how many times a video whose processing kills its worker is tried before it becomes an
+    error row ``worker_died`` (``pipelines.attempts``).
+
     ``decoder`` holds ``actors.decode.DecoderConfig`` keys (a plain mapping because that dataclass is
     frozen, which OmegaConf cannot merge into); unknown keys are rejected at load time.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
     stages: str = "split"
+    max_attempts: int = 2
     engine: EngineConfig = field(default_factory=EngineConfig)
     decoder: dict[str, Any] = field(default_factory=dict)
     inputs: InputLimits = field(default_factory=InputLimits)
@@ -130,6 +141,8 @@ class LabelConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.stages not in STAGES:
             raise ValueError(f"stages must be one of {list(STAGES)}, got '{self.stages}'")
         self.decoder_config()

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from actors import rle as rle_codec
 from actors.mask_spool import MaskSpool
-from actors.video_rows import Failure, VideoOutput, VideoSource, payload_of
+from actors.video_rows import VideoOutput, VideoSource, failure_json, payload_of
 from pipelines.formats import PREDICTION_SCHEMA
 from pipelines.formats.files import encode_mask_png
 from pipelines.storage import OutputStore, RetryPolicy, WrittenFile, check_relative, video_key
@@ -53,6 +53,7 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("timings", pa.string(), nullable=False),
     pa.field("num_expressions", pa.int64(), nullable=False),
     pa.field("num_frames", pa.int64(), nullable=False),
+    pa.field("store_fallback", pa.bool_(), nullable=False),
 ])
 
 
@@ -132,22 +133,24 @@ class VideoWriter:
                  retry: RetryPolicy | None = None) -> None:
         self.store = OutputStore(output_uri, storage_options, retry)
 
-    def write(self, row: dict[str, Any]) -> tuple[int, int]:
+    def write(self, row: dict[str, Any]) -> VideoOutput:
         output: VideoOutput = payload_of(row)
         self.store.commit(row["video_id"], output.files, output.commit_extra())
-        return output.num_expressions, output.num_frames
+        return output
 
     def summary(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {"video_id": row["video_id"], "failure": row["failure"], "timings": row["timings"],
-               "num_expressions": 0, "num_frames": 0}
+               "num_expressions": 0, "num_frames": 0, "store_fallback": False}
         if row["failure"]:
             return out
         timings = json.loads(row["timings"])
         start = time.perf_counter()
         try:
-            out["num_expressions"], out["num_frames"] = self.write(row)
+            output = self.write(row)
+            out.update(num_expressions=output.num_expressions, num_frames=output.num_frames,
+                       store_fallback=output.store_fallback)
         except Exception as exc:  # a video that cannot be written is an error row, not the end of the job
-            out["failure"] = Failure.of("write", exc).to_json()
+            out["failure"] = failure_json("write", row["video_id"], exc)
         timings["write"] = time.perf_counter() - start
         out["timings"] = json.dumps(timings)
         return out

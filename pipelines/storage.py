@@ -252,24 +252,31 @@ class OutputStore:
             return None
         return CommitRecord.from_json(data, self.uri(relpath))
 
-    def committed(self) -> dict[str, CommitRecord]:
-        """Every committed video: ``video_id -> CommitRecord`` (one listing, then the markers read in bulk).
-
-        The listing bypasses fsspec's cache: markers are written by other processes (the pipeline's actors).
-        """
+    def _marker_names(self) -> list[str]:
+        """The commit markers' paths: one listing, bypassing fsspec's cache (markers are written by other
+        processes, the pipeline's actors)."""
         directory = f"{self._root_path}/{COMMIT_DIR}"
         self.fs.invalidate_cache(directory)
         what = f"list {join(self.root, COMMIT_DIR)}"
         try:
             names = with_retries(lambda: self.fs.find(directory), what, self.retry)
         except FileNotFoundError:
-            return {}
+            return []
         except Exception as exc:
             if isinstance(exc, OSError) or is_transient(exc):
                 raise StorageError(join(self.root, COMMIT_DIR), f"listing commit markers failed: {exc!r}") from exc
             raise
         # Keys never start with "." (video_key encodes it), so dot-names are interrupted temporary writes.
-        markers = [n for n in names if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+        return [n for n in names if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+
+    def committed_keys(self) -> set[str]:
+        """The ``video_key`` of every committed video, from the listing alone (no marker is read): what a
+        resumed job skips, at a cost that does not grow with the markers' contents."""
+        return {name.rsplit("/", 1)[-1].removesuffix(".json") for name in self._marker_names()}
+
+    def committed(self) -> dict[str, CommitRecord]:
+        """Every committed video: ``video_id -> CommitRecord`` (one listing, then the markers read in bulk)."""
+        markers = self._marker_names()
         if not markers:
             return {}
         # One bulk read (concurrent on object stores); markers whose read failed are re-read one by one

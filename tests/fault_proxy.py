@@ -19,8 +19,9 @@ same sequence of decisions, assigned in arrival order. Faults are independent pe
 a real store: the same request may fail twice in a row.
 
 Bounded: a ``timeout`` fault holds a connection for at most ``hold_seconds``, an idle kept-alive connection
-is closed after 60 s; the proxy stops by itself after ``lifetime_seconds`` (``ProxyStats.expired`` tells),
-and stopping closes every open connection, so a forgotten proxy never outlives a test run.
+is closed after 60 s; the proxy stops when its ``with`` block (the ``faulty_s3`` fixture's: the test) ends,
+or, only if ``lifetime_seconds`` is set, by itself after that long (``ProxyStats.expired`` tells); stopping
+closes every open connection, so a proxy never outlives its test however slow the machine is.
 Counted: ``FaultProxy.stats()`` gives requests received, forwarded, and faults by kind and by method.
 
 Use from tests: ``from fault_proxy import faulty_s3`` brings the fixture into a test module. It wraps
@@ -68,7 +69,7 @@ class FaultPlan:
     )
     methods: frozenset[str] | None = None
     hold_seconds: float = 2.5
-    lifetime_seconds: float = 300.0
+    lifetime_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -76,7 +77,7 @@ class FaultPlan:
         unknown = set(self.weights) - set(FAULT_KINDS)
         if unknown or not self.weights or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError(f"fault weights must be non-negative over {FAULT_KINDS} with a positive sum, got {dict(self.weights)}")
-        if self.hold_seconds <= 0 or self.lifetime_seconds <= 0:
+        if self.hold_seconds <= 0 or (self.lifetime_seconds is not None and self.lifetime_seconds <= 0):
             raise ValueError(f"hold_seconds and lifetime_seconds must be positive, got {self}")
 
 
@@ -131,8 +132,10 @@ class FaultProxy:
         self._server = _ProxyServer(self)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fault-proxy", daemon=True)
-        self._timer = threading.Timer(self.plan.lifetime_seconds, self._expire)
-        self._timer.daemon = True
+        self._timer: threading.Timer | None = None
+        if self.plan.lifetime_seconds is not None:
+            self._timer = threading.Timer(self.plan.lifetime_seconds, self._expire)
+            self._timer.daemon = True
 
     @property
     def url(self) -> str:
@@ -141,7 +144,8 @@ class FaultProxy:
 
     def start(self) -> FaultProxy:
         self._thread.start()
-        self._timer.start()
+        if self._timer is not None:
+            self._timer.start()
         return self
 
     def stop(self) -> None:
@@ -149,7 +153,8 @@ class FaultProxy:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._thread.is_alive():  # shutdown() waits for serve_forever, which must be running
             self._server.shutdown()
         self._server.server_close()
@@ -158,6 +163,13 @@ class FaultProxy:
         for connection in open_connections:  # kept-alive clients: their handler threads end now
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Block until a proxy with a lifetime has stopped by itself (connections closed, port released), at
+        most ``timeout`` s; whether it has stopped."""
+        if self._timer is not None:
+            self._timer.join(timeout)  # the timer thread runs ``stop`` to its end
+        return self._stopped.is_set()
 
     def _expire(self) -> None:
         self._expired = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from actors.decode import DecoderConfig, VideoDecoder
-from actors.frame_store import StoreFile, SweptFrames, frame_store
+from actors.frame_store import StoreFile, SweptFrames, frame_store, random_access_fallback
 from actors.mask_spool import MaskSpool
 from actors.scratch import remove_orphans
 
@@ -87,14 +88,20 @@ def test_store_file_closes_after_its_directory_was_removed(tmp_path: Path) -> No
     file.close()
 
 
-def test_store_over_budget_falls_back_to_the_decoder(long_gop_video: Path) -> None:
+def test_store_over_budget_falls_back_to_the_decoder_and_says_so(long_gop_video: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     size = (40, 52)
     budget = FRAMES * 40 * 52 * 3 - 1
     with VideoDecoder(str(long_gop_video), config=DecoderConfig(max_store_bytes=budget)) as decoder:
-        with frame_store(decoder, size) as store:
-            assert store is decoder
+        with caplog.at_level(logging.WARNING, logger="actors.frame_store"), frame_store(decoder, size) as store:
+            assert store is decoder and random_access_fallback(store)
             store.get([10], size)
         assert int(decoder.counters.codec.sum()) == 11  # random access: decoded from the keyframe
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{long_gop_video}: {FRAMES} frames at 52x40 need {budget + 1} bytes of frame store, above "
+        f"decoder.max_store_bytes {budget}: read by random access instead (frames may be decoded several times)"]
+    with VideoDecoder(str(long_gop_video)) as decoder, frame_store(decoder, size) as store:
+        assert not random_access_fallback(store)
 
 
 def test_mask_spool_returns_masks_sorted_whatever_the_arrival_order(tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ VALUES = {
 TRAIN_OVERRIDES = (
     "sources.mevis.uri=s3://corpus-bucket/mevis/train sources.revos.uri=s3://corpus-bucket/revos "
     "sources.refytvos.uri=s3://corpus-bucket/refytvos sources.charades.uri=s3://corpus-bucket/charades/sta.txt "
-    "sources.charades.videos_uri=s3://corpus-bucket/charades/videos num_workers=8"
+    "sources.charades.videos_uri=s3://corpus-bucket/charades/videos sources.activitynet.uri=s3://corpus-bucket/anet/train.json "
+    "sources.activitynet.videos_uri=s3://corpus-bucket/anet/videos num_workers=8"
 )
 QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
 

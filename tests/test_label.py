@@ -163,6 +163,7 @@ def test_resume_skips_committed_and_redoes_exactly_the_missing_video(s3, ray_loc
     store = OutputStore(output, s3.storage_options)
     record = json.loads(store.read_bytes(RUN_RECORD))
     assert (record["counts"]["done"], record["counts"]["skipped_committed"]) == (1, 3)
+    assert record["counts"]["frame_store_fallbacks"] == 0
     assert masks_bytes(s3, output) == before  # the redone video is rewritten byte for byte
 
     # --png wrote the redone video's masks in the PNG layout, listed in its commit marker
@@ -182,9 +183,12 @@ def test_fused_stages_give_the_split_stages_outputs(s3, ray_local) -> None:  # n
     split pools and the single-process engine label."""
     rows = upload_corpus(s3)
     output = s3.uri("fused")
-    config, model = label_config(s3, ["stages=fused"])
+    # every video over the frame store's budget: read by random access, the same pixels, counted in run.json
+    config, model = label_config(s3, ["stages=fused", "decoder.max_store_bytes=1"])
     run = label(InputSpec(manifest=write_manifest(s3, rows)), output, config, model, progress=False)
-    assert (run.done, run.failed) == (4, 0)
+    assert (run.done, run.failed, run.store_fallbacks) == (4, 0, 4)
+    assert json.loads(OutputStore(output, s3.storage_options).read_bytes(RUN_RECORD))["counts"][
+        "frame_store_fallbacks"] == 4
     assert "label" in run.stage_seconds and "mllm" not in run.stage_seconds and "propagate" not in run.stage_seconds
     masks, reference = read_masks(s3, output), engine_masks()
     assert set(masks) == set(reference)

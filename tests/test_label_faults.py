@@ -51,7 +51,7 @@ PEAK_RSS_LIMIT = 2 << 30  # bytes, any one Ray process of the run (the model wor
 
 
 # ---------------------------------------------------------------------------------------- storage faults
-@pytest.mark.parametrize("faulty_s3", [{"rate": 0.1, "seed": 11, "lifetime_seconds": 540.0}], indirect=True)
+@pytest.mark.parametrize("faulty_s3", [{"rate": 0.1, "seed": 11}], indirect=True)
 def test_label_through_a_faulty_object_store_loses_nothing(faulty_s3: FaultyS3, ray_local: None) -> None:
     """Manifest, videos and outputs all on S3 behind the proxy (the actors get its ``storage_options``
     through the label config): every video done, every (video, expression) once, masks as without faults."""

@@ -19,6 +19,7 @@ from pipelines.label import InputSpec, LabelRun, label
 from pipelines.storage import COMMIT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE_ACTORS = ("LowresDecoder", "MLLMWorker", "Propagator", "VideoWriter")
 
 
 def _markers(s3, output: str) -> list[str]:  # noqa: ANN001
@@ -55,6 +56,14 @@ def _worker_processes(name: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def _wait_for_actors_gone(names: tuple[str, ...], timeout: float = 600.0) -> None:
+    """Until no worker process of this session runs an actor named in ``names`` (a bound only against a hang)."""
+    deadline = time.monotonic() + timeout
+    while any(_worker_processes(name) for name in names):
+        assert time.monotonic() < deadline, f"actors {names} still alive"
+        time.sleep(0.1)
 
 
 def test_sigkill_of_a_worker_actor_mid_job(s3, ray_local, tmp_path) -> None:  # noqa: ANN001
@@ -100,7 +109,7 @@ def test_driver_killed_mid_job_then_rerun_finishes_only_the_rest(s3, ray_local) 
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    time.sleep(2.0)  # let Ray tear down the dead driver's actors
+    _wait_for_actors_gone(STAGE_ACTORS)  # Ray tears down the dead driver's actors: no commit after this
     committed_at_kill = len(_markers(s3, output))
     assert 1 <= committed_at_kill < len(rows), "the driver finished before it could be killed mid-job"
 

@@ -131,6 +131,16 @@ def test_damaged_marker_is_an_error_naming_it(tmp_path: Path) -> None:
         store.commit_record("v1")
 
 
+def test_committed_keys_list_the_markers_without_reading_them(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    assert store.committed_keys() == set()
+    for video_id in ("v1", "a/b", "x" * 300):
+        store.commit(video_id, [store.write_bytes(f"{video_key(video_id)}.bin", b"a")])
+    (tmp_path / "out" / COMMIT_DIR / ".v9.json.tmp").write_text("{")  # an interrupted write
+    (tmp_path / "out" / COMMIT_DIR / f"{video_key('v1')}.json").write_text("{not json")  # read: an error
+    assert store.committed_keys() == {video_key(v) for v in ("v1", "a/b", "x" * 300)}
+
+
 def test_interrupted_marker_write_is_ignored(tmp_path: Path) -> None:
     store = OutputStore(str(tmp_path / "out"))
     store.commit("done", [])
