@@ -1,10 +1,12 @@
 """``vrseg train``'s stages for a model trained from scratch, end to end on Ray Train with the tiny model and a
 procedural corpus: SAM2's tracking objective (every SAM2 module trains, nothing else), then full-parameter
 joint TSG + RefVOS training started from the first stage's exported ``model.yaml``; both checkpoint what they
-train, resume exactly, and export a directory the next stage and labeling load."""
+train, resume exactly (a run restarted from a stage's step-4 checkpoint repeats that stage's steps 5-8), and
+export a directory the next stage and labeling load."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -49,6 +51,20 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], pr
     return any(not torch.equal(before[k], after[k]) for k in keys)
 
 
+def _without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in m.items() if k != "time"} for m in history]
+
+
+def _resumes_exactly(config: TrainConfig, whole: list[dict[str, float]], resumed_root: Path) -> None:
+    """A run of ``config`` restarted from its step-4 checkpoint (copied, as if the run had been killed after it)
+    repeats the uninterrupted run: the trained parts, AdamW and the schedule are all restored."""
+    stage = Path(config.storage_path) / config.name
+    shutil.copytree(stage / "step_00000004", resumed_root / config.name / "step_00000004")
+    resumed = run_training(dataclasses.replace(config, storage_path=str(resumed_root)))
+    assert [m["step"] for m in resumed.state.history] == list(range(1, 9))
+    assert _without_time(resumed.state.history) == _without_time(whole)
+
+
 def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None:
     with pytest.raises(ConfigError, match="sources.procedural_tsg: a charades-sta source has no masks"):
         _config("configs/train/tiny.yaml", corpus, "objective=sam2_tracking")
@@ -61,9 +77,8 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     """Chained as the recipe chains them, with a storage path relative to the working directory (Ray Train runs
     its workers elsewhere: the export and the next stage's model_config must still meet there)."""
     monkeypatch.chdir(tmp_path)
-    common = ("optim.warmup_steps=0", "num_workers=1", "storage_path=runs")
-    first = _config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2", "max_steps=8",
-                    "checkpoint_every=8", f"model_config={TINY_MODEL}")
+    common = ("optim.warmup_steps=0", "num_workers=1", "storage_path=runs", "checkpoint_every=4", "max_steps=8")
+    first = _config("configs/train/tiny_sam2.yaml", corpus, *common, "data.fixed_pool=2", f"model_config={TINY_MODEL}")
     tracking = run_training(first)
     assert tracking.export_uri == str(tmp_path / "runs" / "tiny-sam2" / "model")
     _falls(tracking.state.history, TRACK_PARTS, 0.8)
@@ -79,8 +94,8 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     assert all(torch.equal(mllm_before[k], mllm_after[k]) for k in mllm_before)
 
     # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays
-    second = _config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "max_steps=8",
-                     "checkpoint_every=8", "mode=full", "optim.lr=3e-3", "model_config=runs/tiny-sam2/model/model.yaml")
+    second = _config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "mode=full", "optim.lr=3e-3",
+                     "model_config=runs/tiny-sam2/model/model.yaml")
     joint = run_training(second)
     _falls(joint.state.history, JOINT_PARTS, 0.9)
     files = {p.name for p in (tmp_path / "runs" / "tiny" / "step_00000008" / "model").iterdir()}
@@ -103,23 +118,6 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     released = load_exported(str(tmp_path / "released")).sam2.sam.state_dict()
     assert all(torch.equal(final[k], released[k]) for k in final)
 
-
-@pytest.mark.parametrize(("path", "overrides"), [("configs/train/tiny_sam2.yaml", ()),
-                                                  ("configs/train/tiny.yaml", ("mode=full",))])
-def test_new_stages_resume_where_a_stopped_run_left_off(path: str, overrides: tuple[str, ...], corpus: Path,
-                                                       tmp_path: Path, ray_local: None) -> None:
-    """A run resumed from another run's step-2 checkpoint (as if that run had been killed after it) repeats the
-    uninterrupted run's steps 3 and 4 exactly: the trained parts, AdamW and the schedule are all restored."""
-
-    def run(storage: str) -> list[dict[str, float]]:
-        config = _config(path, corpus, *overrides, "optim.warmup_steps=0", "num_workers=1", "max_steps=4",
-                         "checkpoint_every=2", f"storage_path={tmp_path / storage}")
-        return [{k: v for k, v in m.items() if k != "time"} for m in run_training(config).state.history]
-
-    whole = run("whole")
-    name = "tiny-sam2" if "sam2" in path else "tiny"
-    shutil.copytree(tmp_path / "whole" / name / "step_00000002", tmp_path / "resumed" / name / "step_00000002")
-    resumed = run("resumed")
-    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
-    assert resumed == whole
-
+    # a killed run of either stage resumes where it left off
+    _resumes_exactly(first, tracking.state.history, tmp_path / "resumed")
+    _resumes_exactly(second, joint.state.history, tmp_path / "resumed")
