@@ -39,18 +39,20 @@ from pipelines.label import (
     RUN_RECORD,
     USER_ERRORS,
     LabelRun,
+    add_job_arguments,
     committed_rows,
     decoded_rows,
     ensure_ray,
     exit_status,
     guarded_stage,
     model_for_actors,
+    module_main,
     resolved_storage_options,
     run_pending,
     run_record,
     summary_line,
 )
-from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, load_label_config
+from pipelines.label_config import LabelConfig, load_label_config
 from pipelines.manifest import LabelEntry, entries_from_moments
 from pipelines.preflight import check_credentials
 from pipelines.storage import CommitRecord, OutputStore
@@ -138,22 +140,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, choices=GROUNDING_FORMATS, help="annotation format")
     parser.add_argument("--annotations", required=True, help="Charades-STA .txt or ActivityNet .json (path, s3://)")
     parser.add_argument("--videos", required=True, help="folder holding <video id>.<mp4|...> files")
-    parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
-    parser.add_argument("--config", default=str(DEFAULT_LABEL_CONFIG),
-                        help="configs/label/<name>.yaml (its model, engine [FIND] settings, pools)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pools.mllm.size=2")
+    add_job_arguments(parser, "configs/label/<name>.yaml (its model, engine [FIND] settings, pools)")
     parser.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipelines.ground ARGS`` = ``vrseg ground ARGS``."""
-    parser = argparse.ArgumentParser(prog="vrseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ground", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return module_main("ground", register, argv)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,26 @@ def run(args: argparse.Namespace) -> int:
     return exit_status("label", result, args.output, args.allow_failures)
 
 
+def add_job_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The arguments of every Ray Data job over a labeling config (``vrseg label``, ``vrseg ground``): output
+    root, config, cluster, failure policy, progress bar and config overrides."""
+    parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
+    parser.add_argument("--config", default=str(DEFAULT_LABEL_CONFIG), help=config_help)
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pools.mllm.size=2")
+
+
+def module_main(command: str, register_command: Callable[[argparse._SubParsersAction], None],
+                argv: Sequence[str] | None) -> int:
+    """``python -m pipelines.<command> ARGS`` = ``vrseg <command> ARGS``."""
+    parser = argparse.ArgumentParser(prog="vrseg")
+    register_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("label", help="label a corpus with masks on Ray Data (resumable, exactly once)",
                                    description=__doc__.splitlines()[0])
@@ -410,24 +430,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--annotations", help="benchmark root for --from-dataset")
     parser.add_argument("--split", default=None, help="benchmark split for --from-dataset (revos, refytvos, refdavis17)")
     parser.add_argument("--expressions", help="with --videos: .txt (one expression per line, every video) or .json")
-    parser.add_argument("--output", required=True, help="output root (path, file://, s3://)")
-    parser.add_argument("--config", default=str(DEFAULT_LABEL_CONFIG),
-                        help="configs/label/<name>.yaml (default: the embedded default, configs/label/tiny.yaml)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    parser.add_argument("--allow-failures", action="store_true", help="exit 0 even when some items failed")
     parser.add_argument("--png", action="store_true", help="also write the PNG layout under png/")
     parser.add_argument("--overlays", type=int, default=0, metavar="N", help="write N overlay videos under overlays/")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pools.mllm.size=2")
+    add_job_arguments(parser, "configs/label/<name>.yaml (default: the embedded default, configs/label/tiny.yaml)")
     parser.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipelines.label ARGS`` = ``vrseg label ARGS``."""
-    parser = argparse.ArgumentParser(prog="vrseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["label", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return module_main("label", register, argv)
 
 
 if __name__ == "__main__":
