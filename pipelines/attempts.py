@@ -60,14 +60,22 @@ class Attempts:
     max_attempts: int
 
 
-@contextmanager
-def attempt_ledger(max_attempts: int) -> Iterator[Attempts]:
-    """A ledger actor for one run, on this (the driver's) node, killed when the run ends."""
+def on_driver_node(actor_class: type, *args: Any) -> Any:  # noqa: ANN401 - a Ray actor handle
+    """``actor_class(*args)`` as a Ray actor on this (the driver's) node, reserving no CPU: run-scoped
+    bookkeeping that lives and dies with the driver."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    ledger = ray.remote(AttemptLedger).options(num_cpus=0, scheduling_strategy=here).remote()
+    return ray.remote(actor_class).options(num_cpus=0, scheduling_strategy=here).remote(*args)
+
+
+@contextmanager
+def attempt_ledger(max_attempts: int) -> Iterator[Attempts]:
+    """A ledger actor for one run, on this (the driver's) node, killed when the run ends."""
+    import ray
+
+    ledger = on_driver_node(AttemptLedger)
     try:
         yield Attempts(ledger, max_attempts)
     finally:

@@ -53,7 +53,8 @@ from pipelines.label import (
     summary_line,
 )
 from pipelines.label_config import LabelConfig, load_label_config
-from pipelines.manifest import LabelEntry, entries_from_moments
+from pipelines.label_inputs import ListedInput
+from pipelines.manifest import entries_from_moments
 from pipelines.preflight import check_credentials
 from pipelines.storage import CommitRecord, OutputStore
 
@@ -69,10 +70,10 @@ class GroundRun:
     predictions: int
 
 
-def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
-                   options: Mapping[str, Any], attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
-    """The Ray Data program: one row per video through decode -> ground -> write."""
-    lowres = decoded_rows(entries, config, options, attempts)
+def build_pipeline(rows: Any, output_uri: str, config: LabelConfig, model: ModelConfig,  # noqa: ANN401
+                   options: Mapping[str, Any], attempts: Attempts) -> Any:  # noqa: ANN401 - ray.data.Datasets
+    """The Ray Data program: the input rows (one per video) through decode -> ground -> write."""
+    lowres = decoded_rows(rows, config, options, attempts)
     moments = guarded_stage(lowres, Grounder, "ground", "mllm", {
         "model": model, "engine": config.engine, "torch_threads": config.pools.mllm.threads()}, config, attempts)
     return committed_rows(moments, output_uri, config, options)
@@ -105,8 +106,8 @@ def ground(fmt: str, annotations: str, videos: str, output_uri: str, config: Lab
     dataset = read_dataset(fmt, annotations, options)
     inputs = entries_from_moments(dataset, videos, options, config.inputs)
     actor_model = model_for_actors(model)
-    result = run_pending(inputs, store, lambda pending, attempts: build_pipeline(
-        pending, output_uri, config, actor_model, options, attempts), progress, config.max_attempts)
+    result = run_pending(ListedInput(inputs), store, options, lambda rows, attempts: build_pipeline(
+        rows, output_uri, config, actor_model, options, attempts), progress, config.max_attempts)
     lines = prediction_lines(dataset.moments, store.committed())
     store.write_bytes(PREDICTIONS_FILE, "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8"))
     result.wall_seconds = time.perf_counter() - start

@@ -2,9 +2,13 @@
 
 The program reads top to bottom as the data flow (ARCHITECTURE "One video through the labeling pipeline"):
 
-1. inputs: a manifest read by Ray Data (``pipelines.manifest``), a benchmark (``--from-dataset``) or a
-   folder of videos with one expressions file; bad rows / expressions become error rows;
-2. resume: videos whose commit marker exists under ``--output`` are skipped (the markers are listed, not read);
+1. inputs (``pipelines.label_inputs``): a manifest of any size streamed by a Ray Data read task into the
+   pools (validated and de-duplicated there; the driver holds counts, not rows), or the entries of a benchmark
+   (``--from-dataset``) or of a folder of videos with one expressions file; bad rows / expressions become
+   error rows;
+2. resume: videos whose commit marker exists under ``--output`` are skipped where the inputs are read (the
+   markers' names are listed once, by a task for a manifest; no marker is read); a re-run with nothing
+   pending starts no actor pool;
 3. one row per remaining video flows through fixed-size actor pools with explicit batch sizes:
    ``LowresDecoder`` (CPU) -> ``MLLMWorker`` ([FIND], sampling inline, [SEG]; ``num_gpus`` from config)
    -> ``Propagator`` (SAM2 key-frame masks + BAP, masks spooled to local disk and written as the video's
@@ -14,9 +18,10 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
    masks ever enter the object store, and memory stays bounded on long videos (the engine streams frames
    in chunks and spools masks to local disk); with ``stages: fused`` one ``FusedLabeler`` pool replaces the
    MLLM and SAM2 pools;
-4. the driver shows progress, then writes ``errors/errors.parquet`` (input issues of this run's inputs and
-   the failures of this run's videos: the current failure set, since failed videos are never committed
-   and so are retried by the next run), optional overlay videos and ``run.json``.
+4. the driver shows progress; error rows stream to ``errors/errors.parquet`` (``pipelines.error_log``: input
+   issues of this run's inputs and the failures of this run's videos, the current failure set, since failed
+   videos are never committed and so are retried by the next run); then optional overlay videos and
+   ``run.json``.
 
 ``pipelines.ground`` (``vrseg ground``) runs the same program with the ``[FIND]`` pass as its only model
 stage: ``decoded_rows``, ``committed_rows`` and the driver's ``run_pending`` are shared.
@@ -33,19 +38,14 @@ driver unless ``ray.log_to_driver`` is false.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from actors.config import ConfigError, to_plain
 from actors.frames import LowresDecoder
@@ -56,33 +56,19 @@ from actors.propagate import Propagator
 from actors.uri import join, protocol_of, redact, storage_options_for
 from actors.video_rows import Failure
 from pipelines.attempts import Attempts, attempt_ledger, guarded
+from pipelines.error_log import ERRORS_FILE, error_log, failure_row
 from pipelines.formats import FormatError, read_dataset
 from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, PoolConfig, RayConfig, load_label_config
+from pipelines.label_inputs import LabelInput, ListedInput, ManifestInput
 from pipelines.label_writer import MaskFileWriter, VideoWriter
-from pipelines.manifest import (
-    InputIssue,
-    LabelEntry,
-    LabelInputs,
-    drop_duplicates,
-    entries_from_dataset,
-    entries_from_folder,
-    read_manifest,
-)
+from pipelines.manifest import drop_duplicates, entries_from_dataset, entries_from_folder
 from pipelines.overlays import write_overlays
 from pipelines.preflight import check_credentials
-from pipelines.storage import OutputStore, StorageError, video_key
+from pipelines.storage import OutputStore, StorageError
 
 DATASET_FORMATS = ("mevis", "revos", "reasonvos", "refytvos", "refdavis17")
-ERRORS_FILE = "errors/errors.parquet"
 RUN_RECORD = "run.json"
-MAX_BLOCKS = 20_000
-ERROR_SCHEMA = pa.schema([
-    pa.field("video_id", pa.string()),
-    pa.field("expr_id", pa.string()),
-    pa.field("stage", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("message", pa.string(), nullable=False),
-])
+FAILURES_PER_CALL = 256  # failure rows the driver sends to the ErrorLog at a time
 PACKAGES = ("torch", "ray", "sam2", "transformers", "peft", "decord", "pyarrow", "fsspec", "s3fs", "numpy")
 # what stops a job before any work (exit status 2): bad config, unreadable inputs or output
 USER_ERRORS = (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError)
@@ -114,7 +100,12 @@ class InputSpec:
 
 @dataclass
 class LabelRun:
-    """What a run did: counts, error rows (``ERROR_SCHEMA`` dicts), summed per-stage seconds, wall time."""
+    """What a run did: counts, error rows, summed per-stage seconds, wall time.
+
+    ``errors`` holds the first ``pipelines.error_log.SAMPLE_ROWS`` error rows (``ERROR_SCHEMA`` dicts; all
+    of them in a smaller run), ``error_rows`` and ``errors_by_kind`` count them all; every row is in
+    ``errors/errors.parquet``.
+    """
 
     total: int = 0
     done: int = 0
@@ -124,6 +115,8 @@ class LabelRun:
     frames_done: int = 0
     store_fallbacks: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    error_rows: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     overlays: list[str] = field(default_factory=list)
@@ -158,19 +151,18 @@ def model_for_actors(model: ModelConfig) -> ModelConfig:
     return replace(model, mllm=replace(model.mllm, storage_options=weights))
 
 
-def read_inputs(spec: InputSpec, config: LabelConfig, options: Mapping[str, Any]) -> LabelInputs:
+def read_inputs(spec: InputSpec, config: LabelConfig, options: Mapping[str, Any]) -> LabelInput:
+    """What ``spec`` names: a streamed manifest (its files checked now), or a benchmark's or a folder's
+    entries listed here."""
     if spec.manifest is not None:
-        return read_manifest(spec.manifest, options, config.inputs)
+        manifest = ManifestInput(spec.manifest, options, config.inputs)
+        manifest.files()  # FileNotFoundError before any work
+        return manifest
     if spec.dataset_format is not None:
         dataset = read_dataset(spec.dataset_format, spec.annotations, options, spec.split)  # type: ignore[arg-type]
-        return drop_duplicates(entries_from_dataset(dataset, config.inputs))
-    return drop_duplicates(entries_from_folder(spec.videos, spec.expressions, options, config.inputs))  # type: ignore[arg-type]
-
-
-def _row(entry: LabelEntry) -> dict[str, Any]:
-    queries = [{"expr_id": expr_id, "text": text} for expr_id, text in entry.queries]
-    return {"video_id": entry.video_id, "source": entry.source.to_json(), "queries": json.dumps(queries),
-            "failure": "", "timings": "{}", "payload": b""}
+        return ListedInput(drop_duplicates(entries_from_dataset(dataset, config.inputs)))
+    return ListedInput(drop_duplicates(entries_from_folder(spec.videos, spec.expressions, options,  # type: ignore[arg-type]
+                                                           config.inputs)))
 
 
 def pool_options(pool: PoolConfig) -> dict[str, Any]:
@@ -191,14 +183,11 @@ def guarded_stage(rows: Any, stage_class: type, stage: str, pool: str, stage_kwa
         "stage_kwargs": stage_kwargs}, **pool_options(pool_config))
 
 
-def decoded_rows(entries: Sequence[LabelEntry], config: LabelConfig, options: Mapping[str, Any],
+def decoded_rows(rows: Any, config: LabelConfig, options: Mapping[str, Any],  # noqa: ANN401 - a ray.data.Dataset
                  attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
-    """One row per video through the low-res decode pool (the ``[FIND]`` frames): every job's first stage."""
-    import ray.data
-
+    """The input rows (``pipelines.label_inputs``, one video per block) through the low-res decode pool (the
+    ``[FIND]`` frames): every job's first stage."""
     engine = config.engine
-    # One video per block (a retried block redoes one video), up to MAX_BLOCKS blocks for huge corpora.
-    rows = ray.data.from_items([_row(e) for e in entries], override_num_blocks=min(len(entries), MAX_BLOCKS))
     return guarded_stage(rows, LowresDecoder, "decode", "decode", {
         "count": engine.lowres_frames, "side": engine.lowres_side, "decoder": config.decoder_config(),
         "storage_options": options}, config, attempts)
@@ -211,11 +200,11 @@ def committed_rows(rows: Any, output_uri: str, config: LabelConfig,  # noqa: ANN
         "output_uri": output_uri, "storage_options": options}, **pool_options(config.pools.write))
 
 
-def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: LabelConfig, model: ModelConfig,
-                   options: Mapping[str, Any], png: bool, attempts: Attempts) -> Any:  # noqa: ANN401 - a ray.data.Dataset
+def build_pipeline(rows: Any, output_uri: str, config: LabelConfig, model: ModelConfig,  # noqa: ANN401
+                   options: Mapping[str, Any], png: bool, attempts: Attempts) -> Any:  # noqa: ANN401 - ray.data.Datasets
     """The Ray Data program: one row per video through decode -> mllm -> propagate -> write."""
     decoder, engine, pools = config.decoder_config(), config.engine, config.pools
-    lowres = decoded_rows(entries, config, options, attempts)
+    lowres = decoded_rows(rows, config, options, attempts)
     shared = {"model": model, "engine": engine, "decoder": decoder, "storage_options": options}
     output = MaskFileWriter(output_uri, options, png)
     if config.stages == "fused":
@@ -229,20 +218,11 @@ def build_pipeline(entries: Sequence[LabelEntry], output_uri: str, config: Label
     return committed_rows(masks, output_uri, config, options)
 
 
-def _issue_row(issue: InputIssue) -> dict[str, Any]:
-    return {"video_id": issue.video_id, "expr_id": issue.expr_id, "stage": "input", "kind": issue.kind,
-            "message": redact(issue.message)}
-
-
-def _failure_row(video_id: str, failure: Failure) -> dict[str, Any]:
-    return {"video_id": video_id, "expr_id": None, "stage": failure.stage, "kind": failure.kind,
-            "message": redact(failure.message)}
-
-
 class Progress:
-    """A progress bar over the pending videos with videos/s and expressions/s."""
+    """A progress bar over the videos labeled (their number is not known before the inputs are read) with
+    videos/s and expressions/s."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int | None, enabled: bool) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="video", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
@@ -260,36 +240,51 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------- the job
-def run_pending(inputs: LabelInputs, store: OutputStore, pipeline: Callable[[list[LabelEntry], Attempts], Any],
-                progress: bool, max_attempts: int) -> LabelRun:
-    """The driver's part of a per-video job on Ray Data: the entries not committed under ``store`` (resume)
-    through ``pipeline(pending, attempts)`` (the run's attempt ledger, ``pipelines.attempts``), whose summary
-    rows it counts with the input issues as error rows, then ``errors/errors.parquet``."""
+def run_pending(inputs: LabelInput, store: OutputStore, options: Mapping[str, Any],
+                pipeline: Callable[[Any, Attempts], Any], progress: bool, max_attempts: int) -> LabelRun:
+    """The driver's part of a per-video job on Ray Data: the pending input rows (``inputs.rows``: videos not
+    committed under ``store``, reached with ``options``) through ``pipeline(rows, attempts)`` (the run's attempt ledger,
+    ``pipelines.attempts``), whose summary rows it counts, their failures streamed with the input issues to
+    ``errors/errors.parquet`` (``pipelines.error_log``). The driver holds counts, never the rows."""
+    import ray
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    committed = store.committed_keys()  # names only: no marker is read
-    pending = [e for e in inputs.entries if video_key(e.video_id) not in committed]
-    result = LabelRun(total=len(inputs.entries), skipped=len(inputs.entries) - len(pending))
-    result.errors = [_issue_row(issue) for issue in inputs.issues]
-    if pending:
-        bar = Progress(len(pending), progress)
-        with attempt_ledger(max_attempts) as attempts:
-            for row in pipeline(pending, attempts).iter_rows():
-                for stage, seconds in json.loads(row["timings"]).items():
-                    result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
-                if row["failure"]:
-                    result.failed += 1
-                    result.errors.append(_failure_row(row["video_id"], Failure.from_json(row["failure"])))
-                else:
-                    result.done += 1
-                    result.expressions_done += row["num_expressions"]
-                    result.frames_done += row["num_frames"] * row["num_expressions"]
-                    result.store_fallbacks += row["store_fallback"]
-                bar.update(row["num_expressions"], result.failed)
-        bar.close()
-    store.write_bytes(ERRORS_FILE, _errors_parquet(result.errors))
+    result = LabelRun()
+    with error_log(store.root, options) as errors:
+        rows = inputs.rows(store, errors)
+        if rows is not None:
+            with attempt_ledger(max_attempts) as attempts:
+                _count_summaries(pipeline(rows, attempts), result, errors, progress)
+        summary = ray.get(errors.close.remote())
+    result.total, result.skipped = summary.videos, summary.skipped
+    result.errors, result.error_rows, result.errors_by_kind = summary.first, summary.rows, summary.by_kind
     return result
+
+
+def _count_summaries(summaries: Any, result: LabelRun, errors: Any, progress: bool) -> None:  # noqa: ANN401
+    """Count the pipeline's summary rows into ``result``; failures go to ``errors`` a few at a time."""
+    import ray
+
+    bar = Progress(None, progress)
+    failures: list[dict[str, Any]] = []
+    for row in summaries.iter_rows():
+        for stage, seconds in json.loads(row["timings"]).items():
+            result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+        if row["failure"]:
+            result.failed += 1
+            failures.append(failure_row(row["video_id"], Failure.from_json(row["failure"])))
+            if len(failures) >= FAILURES_PER_CALL:
+                ray.get(errors.add.remote(failures))
+                failures = []
+        else:
+            result.done += 1
+            result.expressions_done += row["num_expressions"]
+            result.frames_done += row["num_frames"] * row["num_expressions"]
+            result.store_fallbacks += row["store_fallback"]
+        bar.update(row["num_expressions"], result.failed)
+    bar.close()
+    ray.get(errors.add.remote(failures))
 
 
 def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelConfig, *, png: bool = False,
@@ -307,11 +302,12 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
     store = OutputStore(output_uri, options)
     inputs = read_inputs(spec, config, options)
     actor_model = model_for_actors(model)
-    result = run_pending(inputs, store, lambda pending, attempts: build_pipeline(
-        pending, output_uri, config, actor_model, options, png, attempts), progress, config.max_attempts)
+    result = run_pending(inputs, store, options, lambda rows, attempts: build_pipeline(
+        rows, output_uri, config, actor_model, options, png, attempts), progress, config.max_attempts)
     if overlays > 0:
-        depth = max(len(e.queries) for e in inputs.entries) if inputs.entries else 0
-        items = [(e.video_id, e.source, *e.queries[i]) for i in range(depth) for e in inputs.entries
+        entries = inputs.first_entries(overlays)  # enough: the first expression of every video comes first
+        depth = max(len(e.queries) for e in entries) if entries else 0
+        items = [(e.video_id, e.source, *e.queries[i]) for i in range(depth) for e in entries
                  if i < len(e.queries)]  # round robin: the first expression of every video first
         result.overlays = write_overlays(output_uri, items, overlays, options, config.decoder_config())
     result.wall_seconds = time.perf_counter() - start
@@ -319,12 +315,6 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
                         argv)
     store.write_bytes(RUN_RECORD, json.dumps(record, indent=2).encode("utf-8"))
     return result
-
-
-def _errors_parquet(errors: list[dict[str, Any]]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), buffer)
-    return buffer.getvalue()
 
 
 def _versions() -> dict[str, str]:
@@ -347,7 +337,6 @@ def _redact_argument(argument: str) -> str:
 def run_record(result: LabelRun, inputs: Mapping[str, Any], output_uri: str, config: LabelConfig,
                model: ModelConfig, argv: Sequence[str]) -> dict[str, Any]:
     """``run.json``: what ran, with what, on what, and what came of it (credentials redacted)."""
-    kinds = Counter(e["kind"] for e in result.errors)
     return redact({
         "command": [_redact_argument(a) for a in argv],
         "inputs": dict(inputs),
@@ -358,9 +347,9 @@ def run_record(result: LabelRun, inputs: Mapping[str, Any], output_uri: str, con
         "versions": _versions(),
         "counts": {"videos": result.total, "done": result.done, "skipped_committed": result.skipped,
                    "failed": result.failed, "expressions_done": result.expressions_done,
-                   "masks_written": result.frames_done, "error_rows": len(result.errors),
+                   "masks_written": result.frames_done, "error_rows": result.error_rows,
                    "frame_store_fallbacks": result.store_fallbacks},
-        "failures": {"by_kind": dict(sorted(kinds.items())), "first": result.errors[:100]},
+        "failures": {"by_kind": dict(sorted(result.errors_by_kind.items())), "first": result.errors},
         "stage_seconds": {k: round(v, 3) for k, v in sorted(result.stage_seconds.items())},
         "wall_seconds": round(result.wall_seconds, 3),
         "overlays": result.overlays,
@@ -370,17 +359,16 @@ def run_record(result: LabelRun, inputs: Mapping[str, Any], output_uri: str, con
 # ---------------------------------------------------------------------------------------- command line
 def summary_line(result: LabelRun, command: str = "label") -> str:
     return (f"vrseg {command}: {result.done} done, {result.skipped} skipped as already done, {result.failed} failed "
-            f"({len(result.errors)} error rows), {result.expressions_done} expressions in "
+            f"({result.error_rows} error rows), {result.expressions_done} expressions in "
             f"{result.wall_seconds:.1f}s")
 
 
 def exit_status(command: str, result: LabelRun, output_uri: str, allow_failures: bool) -> int:
     """0, or 1 when some items failed (listed on stderr by kind) unless ``allow_failures``."""
-    if not result.errors:
+    if not result.error_rows:
         return 0
-    kinds = Counter(e["kind"] for e in result.errors)
-    listing = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    print(f"vrseg {command}: {'warning: ' if allow_failures else ''}{len(result.errors)} failures ({listing}); "
+    listing = ", ".join(f"{k} {n}" for k, n in sorted(result.errors_by_kind.items()))
+    print(f"vrseg {command}: {'warning: ' if allow_failures else ''}{result.error_rows} failures ({listing}); "
           f"see {redact(join(output_uri, ERRORS_FILE))}", file=sys.stderr)
     return 0 if allow_failures else 1
 

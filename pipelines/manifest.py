@@ -1,9 +1,11 @@
 """What to label: manifest rows (or a benchmark, or a folder of videos) -> validated entries + error rows.
 
 A manifest is JSON lines or Parquet (a file, or a folder of ``*.jsonl`` / ``*.json`` / ``*.parquet``
-files), one row per video: ``video_id``, ``video_uri``, ``expressions: [{expr_id, text}]``. Ray Data reads
-the files (explicit filesystem, one task per file) and parses them into rows; every problem with a row
-becomes an ``InputIssue`` (an error row of the job) and never stops the others:
+files), one row per video: ``video_id``, ``video_uri``, ``expressions: [{expr_id, text}]``.
+``manifest_items`` streams it in manifest order (the files sorted by path, each row by row: one line or one
+Parquet batch in memory) as entries and issues; ``pipelines.label_inputs`` runs it inside a Ray Data read
+task, so the rows never reach the driver. Every problem with a row becomes an ``InputIssue`` (an error row
+of the job) and never stops the others:
 
 - a line that is not JSON, a row that is not an object, a missing or mistyped field: the row is dropped;
 - a ``video_id`` that is empty, not valid UTF-8 or holds control characters: the row is dropped (ids like
@@ -11,9 +13,11 @@ becomes an ``InputIssue`` (an error row of the job) and never stops the others:
 - an expression that is empty, longer than ``max_expression_chars``, not valid UTF-8 (raw bytes, or lone
   surrogate escapes such as ``"\\ud800"``) or holds control characters other than tab / newline, or whose
   ``expr_id`` repeats: that expression is dropped, the video's other expressions are labeled;
-- a second row with an already seen ``video_id``: dropped (the first row wins).
+- a second row with an already seen ``video_id``: dropped (the first row in manifest order wins, exactly:
+  one reader sees the whole manifest in order, ``FirstRowWins``).
 
-Other sources produce the same entries: ``entries_from_dataset`` (a benchmark read by
+Other sources produce the same entries as lists on the driver, because they are small by nature (a
+benchmark's annotation file, one folder listing): ``entries_from_dataset`` (a benchmark read by
 ``pipelines.formats.read_dataset``; frame folders or video files), ``entries_from_folder`` (every video
 file under a folder, labeled with the expressions of one file: ``.txt``, one expression per line for every
 video, or ``.json``, ``{video name: [text, ...]}``) and ``entries_from_moments`` (a grounding benchmark's
@@ -22,12 +26,11 @@ queries with the videos of a folder, for ``vrseg ground``).
 
 from __future__ import annotations
 
-import io
 import json
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,18 +42,24 @@ from pipelines.formats.model import Dataset
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 _ALLOWED_CONTROL = frozenset("\t\n\r")
+PARQUET_BATCH_ROWS = 4096  # Parquet manifest rows decoded at a time
 
 
 @dataclass
 class InputLimits:
-    """Entries beyond these limits become error rows instead of work (the ``inputs`` config section)."""
+    """The ``inputs`` config section: entries beyond these limits become error rows instead of work;
+    ``reader_num_cpus`` is what the manifest's read task reserves (it mostly waits for the actor pools to
+    take its rows: the default 0 never keeps a pool from starting)."""
 
     max_expression_chars: int = 2000
     max_expressions_per_video: int = 256
+    reader_num_cpus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_expression_chars < 1 or self.max_expressions_per_video < 1:
             raise ValueError("inputs limits must be >= 1")
+        if self.reader_num_cpus < 0:
+            raise ValueError(f"inputs.reader_num_cpus must be >= 0, got {self.reader_num_cpus}")
 
 
 @dataclass(frozen=True)
@@ -179,55 +188,71 @@ def entry_with_expressions(video_id: str, source: VideoSource, expressions: Iter
     return LabelEntry(video_id, source, tuple(queries)), issues
 
 
-def parse_jsonl(data: bytes, file: str, limits: InputLimits) -> tuple[list[LabelEntry], list[InputIssue]]:
-    """Entries and issues of a JSON-lines manifest file (raw bytes: invalid UTF-8 is an issue, not a crash)."""
-    entries, issues = [], []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+def jsonl_items(lines: Iterable[bytes], file: str, limits: InputLimits) -> Iterator[LabelEntry | InputIssue]:
+    """The entries and issues of a JSON-lines manifest file, line by line in file order (raw bytes: invalid
+    UTF-8 is an issue, not a crash)."""
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         where = f"{redact(file)} line {number}"
         try:
             record = json.loads(raw.decode("utf-8", "surrogateescape"))
         except json.JSONDecodeError as exc:
-            issues.append(InputIssue(None, None, "malformed_row", f"{where}: not valid JSON: {exc.msg}"))
+            yield InputIssue(None, None, "malformed_row", f"{where}: not valid JSON: {exc.msg}")
             continue
-        entry, found = entry_from_record(record, where, limits)
-        issues.extend(found)
-        if entry is not None:
-            entries.append(entry)
-    return entries, issues
+        yield from _record_items(record, where, limits)
 
 
-def parse_parquet(data: bytes, file: str, limits: InputLimits) -> tuple[list[LabelEntry], list[InputIssue]]:
-    """Entries and issues of a Parquet manifest file."""
+def parquet_items(handle: BinaryIO, file: str, limits: InputLimits) -> Iterator[LabelEntry | InputIssue]:
+    """The entries and issues of a Parquet manifest file, ``PARQUET_BATCH_ROWS`` rows in memory at a time."""
+    number = 0
     try:
-        records = pq.read_table(io.BytesIO(data)).to_pylist()
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                yield from _record_items(record, f"{redact(file)} row {number}", limits)
+                number += 1
     except (pa.ArrowException, OSError) as exc:
-        return [], [InputIssue(None, None, "malformed_manifest", f"{redact(file)}: not a readable Parquet file: {exc}")]
-    entries, issues = [], []
-    for number, record in enumerate(records):
-        entry, found = entry_from_record(record, f"{redact(file)} row {number}", limits)
-        issues.extend(found)
-        if entry is not None:
-            entries.append(entry)
-    return entries, issues
+        yield InputIssue(None, None, "malformed_manifest", f"{redact(file)}: not a readable Parquet file: {exc}")
 
 
-def parse_manifest_file(data: bytes, file: str, limits: InputLimits) -> tuple[list[LabelEntry], list[InputIssue]]:
-    return parse_parquet(data, file, limits) if file.endswith(".parquet") else parse_jsonl(data, file, limits)
+def _record_items(record: Any, where: str, limits: InputLimits) -> Iterator[LabelEntry | InputIssue]:  # noqa: ANN401
+    entry, issues = entry_from_record(record, where, limits)
+    yield from issues
+    if entry is not None:
+        yield entry
+
+
+def file_items(handle: BinaryIO, file: str, limits: InputLimits) -> Iterator[LabelEntry | InputIssue]:
+    """``parquet_items`` or ``jsonl_items`` by the file's suffix."""
+    return parquet_items(handle, file, limits) if file.endswith(".parquet") else jsonl_items(handle, file, limits)
+
+
+class FirstRowWins:
+    """Duplicate ``video_id`` detection: the first entry of an id passes, every later one is an issue. Holds
+    the ids seen (about 100 bytes each), so it lives where the entries stream, not on the driver."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def duplicate(self, entry: LabelEntry) -> InputIssue | None:
+        """None for the first entry of its id (remembered), else the ``duplicate_video_id`` issue."""
+        if entry.video_id in self.seen:
+            return InputIssue(entry.video_id, None, "duplicate_video_id",
+                              f"video_id {entry.video_id!r} appears more than once; the first row is labeled")
+        self.seen.add(entry.video_id)
+        return None
 
 
 def drop_duplicates(inputs: LabelInputs) -> LabelInputs:
     """The first entry of each ``video_id`` (in order); an issue for every later one."""
-    seen: set[str] = set()
+    first = FirstRowWins()
     out = LabelInputs(issues=list(inputs.issues))
     for entry in inputs.entries:
-        if entry.video_id in seen:
-            out.issues.append(InputIssue(entry.video_id, None, "duplicate_video_id",
-                                         f"video_id {entry.video_id!r} appears more than once; the first row is labeled"))
-            continue
-        seen.add(entry.video_id)
-        out.entries.append(entry)
+        issue = first.duplicate(entry)
+        if issue is None:
+            out.entries.append(entry)
+        else:
+            out.issues.append(issue)
     return out
 
 
@@ -245,45 +270,18 @@ def manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> list[
     return files
 
 
-def read_manifest(uri: str, storage_options: Mapping[str, Any] | None, limits: InputLimits) -> LabelInputs:
-    """Read and validate a manifest with Ray Data (one read task per file, explicit filesystem)."""
-    import ray.data
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
+def manifest_items(uri: str, files: Sequence[str], storage_options: Mapping[str, Any] | None,
+                   limits: InputLimits) -> Iterator[LabelEntry | InputIssue]:
+    """Every entry and issue of the manifest ``files`` (``manifest_files(uri)``) in manifest order: the files
+    in order, each streamed row by row; a repeated ``video_id`` is a ``duplicate_video_id`` issue
+    (``FirstRowWins``). Memory: one line or Parquet batch, plus the ids seen."""
     fs, _ = filesystem_for(uri, storage_options)
-    files = manifest_files(uri, storage_options)
-    dataset = ray.data.read_binary_files(files, filesystem=PyFileSystem(FSSpecHandler(fs)), include_paths=True)
-
-    order = {path: number for number, path in enumerate(files)}
-
-    def parse(row: dict[str, Any]) -> list[dict[str, Any]]:
-        entries, issues = parse_manifest_file(row["bytes"], row["path"], limits)
-        file = order[row["path"]]
-        return [{"order": [file, n], "entry": entry_to_json(e), "issue": ""} for n, e in enumerate(entries)] + [
-            {"order": [file, -1], "entry": "", "issue": json.dumps(vars(i))} for i in issues
-        ]
-
-    inputs = LabelInputs()
-    # Ray Data does not keep the files' order; the first row of a duplicated id must be the first in the files.
-    for row in sorted(dataset.flat_map(parse).take_all(), key=lambda r: list(r["order"])):
-        if row["entry"]:
-            inputs.entries.append(entry_from_json(row["entry"]))
-        else:
-            inputs.issues.append(InputIssue(**json.loads(row["issue"])))
-    return drop_duplicates(inputs)
-
-
-def entry_to_json(entry: LabelEntry) -> str:
-    return json.dumps({
-        "video_id": entry.video_id, "source": entry.source.to_json(),
-        "queries": [{"expr_id": e, "text": t} for e, t in entry.queries],
-    })
-
-
-def entry_from_json(text: str) -> LabelEntry:
-    raw = json.loads(text)
-    return LabelEntry(raw["video_id"], VideoSource.from_json(raw["source"]),
-                      tuple((q["expr_id"], q["text"]) for q in raw["queries"]))
+    first = FirstRowWins()
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            for item in file_items(handle, file, limits):
+                duplicate = first.duplicate(item) if isinstance(item, LabelEntry) else None
+                yield item if duplicate is None else duplicate
 
 
 def entries_from_dataset(dataset: Dataset, limits: InputLimits) -> LabelInputs:

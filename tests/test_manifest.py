@@ -1,4 +1,4 @@
-"""Manifest parsing and validation (pure functions; one test reads a manifest on S3 through Ray Data)."""
+"""Manifest parsing and validation (pure functions; the manifest streamed by Ray Data: test_label_inputs.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from pipelines.manifest import (
+    InputIssue,
     InputLimits,
+    LabelEntry,
     LabelInputs,
     drop_duplicates,
     entries_from_dataset,
     entries_from_folder,
-    parse_jsonl,
-    parse_parquet,
-    read_manifest,
+    jsonl_items,
+    parquet_items,
 )
 
 LIMITS = InputLimits(max_expression_chars=100)
@@ -30,6 +30,18 @@ def _line(record: object) -> bytes:
 def _row(video_id: str, *texts: str) -> dict:
     return {"video_id": video_id, "video_uri": f"s3://b/{video_id}.mp4",
             "expressions": [{"expr_id": str(i), "text": t} for i, t in enumerate(texts)]}
+
+
+def _split(items: list[LabelEntry | InputIssue]) -> tuple[list[LabelEntry], list[InputIssue]]:
+    return [i for i in items if isinstance(i, LabelEntry)], [i for i in items if isinstance(i, InputIssue)]
+
+
+def parse_jsonl(data: bytes, file: str, limits: InputLimits) -> tuple[list[LabelEntry], list[InputIssue]]:
+    return _split(list(jsonl_items(io.BytesIO(data), file, limits)))
+
+
+def parse_parquet(data: bytes, file: str, limits: InputLimits) -> tuple[list[LabelEntry], list[InputIssue]]:
+    return _split(list(parquet_items(io.BytesIO(data), file, limits)))
 
 
 def _kinds(issues: list) -> list[tuple]:
@@ -123,17 +135,6 @@ def test_folder_of_videos_with_one_expressions_file(tmp_path) -> None:  # noqa: 
     out = entries_from_folder(str(tmp_path / "videos"), str(tmp_path / "expressions.json"), None, LIMITS)
     assert [(e.video_id, e.queries) for e in out.entries] == [("a", (("0", "only a"),))]
     assert _kinds(out.issues) == [("sub/b", None, "no_expressions")]
-
-
-def test_read_manifest_from_s3_with_ray_data(s3, ray_local) -> None:  # noqa: ANN001
-    fs = s3.filesystem()
-    fs.pipe(s3.uri("m/part-0.jsonl").removeprefix("s3://"), _line(_row("a", "one")) + b"{broken\n")
-    fs.pipe(s3.uri("m/part-1.jsonl").removeprefix("s3://"), _line(_row("a", "dup")) + _line(_row("b", "two")))
-    inputs = read_manifest(s3.uri("m"), s3.storage_options, LIMITS)
-    assert sorted(e.video_id for e in inputs.entries) == ["a", "b"]
-    assert sorted(i.kind for i in inputs.issues) == ["duplicate_video_id", "malformed_row"]
-    with pytest.raises(FileNotFoundError):
-        read_manifest(s3.uri("nothing-here"), s3.storage_options, LIMITS)
 
 
 def test_benchmark_entries_read_frame_folders(tmp_path) -> None:  # noqa: ANN001
