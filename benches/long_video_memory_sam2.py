@@ -6,7 +6,9 @@ Each length runs in a fresh subprocess: build the tiny SAM2 (the sam2 section of
 and turn every yielded mask into a boolean array that is dropped right away (as a writer would after
 RLE-encoding it). The child reports its peak RSS (``ru_maxrss``) and its RSS after the model was built.
 
-RESULT "ratio" = peak RSS at 2,000 frames / peak RSS at 200 frames (target <= 1.3).
+RESULT "ratio" = the session's growth above the built model (peak RSS - RSS after the build) at 2,000 frames /
+the same at 200 frames (target <= 1.3). The ratio of the peaks would hide the growth behind the model and the
+libraries; ``benches/long_video_memory.py`` compares the whole engine with the stock ``SAM2VideoPredictor``.
 """
 
 from __future__ import annotations
@@ -99,10 +101,12 @@ def main() -> None:
         )
     growth_short = short["peak_rss_mb"] - short["rss_after_build_mb"]
     growth_long = long["peak_rss_mb"] - long["rss_after_build_mb"]
-    print(f"session growth over the built model: {growth_short:.1f} MB vs {growth_long:.1f} MB")
+    ratio = growth_long / growth_short
+    print(f"session growth over the built model: {growth_short:.1f} MB vs {growth_long:.1f} MB: ratio {ratio:.3f}")
     print("RESULT " + json.dumps({
         "bench": "long_video_memory_sam2", "objects": NUM_OBJECTS, "frame_size": list(FRAME_SIZE),
-        "short": short, "long": long, "ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 3), "target": 1.3,
+        "short": short, "long": long, "growth_mb": [round(growth_short, 1), round(growth_long, 1)],
+        "ratio": round(ratio, 3), "target": 1.3,
     }))
 
 

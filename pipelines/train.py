@@ -8,6 +8,8 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
 - the network is ``actors.model.checkpoints.build_model`` and what trains depends on ``objective`` and
   ``mode`` (``trained_parts``): ``joint`` + ``lora``: LoRA, new token rows, ``[SEG]``/``[FIND]`` heads, SAM2
   mask decoder (``SegModel.enable_training``); ``joint`` + ``full``: the whole MLLM instead of LoRA;
+  ``joint`` + ``heads``: only the heads and the mask decoder (a fresh run may first calibrate the ``[SEG]``
+  projection on its first batches, ``calibrated_prompts``);
   ``sam2_tracking``: every SAM2 module under SAM2's video objective on clips
   (``actors.model.sam2_video_training.Sam2TrackingObjective``). It is wrapped in DDP
   (``find_unused_parameters``: a TSG-only micro-batch does not reach the mask decoder) or FSDP with
@@ -21,10 +23,13 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
   step in the history;
 - every ``checkpoint_every`` steps and at ``max_steps`` a checkpoint goes through ``ray.train.report`` to
   ``<storage_path>/<name>/step_<N>``: ``model/`` (the trained parts, ``checkpoints.save_trainable``),
-  ``optimizer.pt``, ``scheduler.pt``, ``train_state.json`` (step, samples, loss history). Re-running the same command resumes from the latest complete one: the driver finds it in
-  storage (every checkpoint file present, so a run killed mid-upload is skipped), builds the data from its
-  step on and hands its URI to the workers, which restore exactly that checkpoint (Ray Train's own record
-  may lag a hard kill by the second it takes to write it);
+  ``optimizer.pt``, ``scheduler.pt``, ``train_state.json`` (step, samples, loss history);
+- the run resumes from its latest complete checkpoint in storage (every checkpoint file present, so one
+  killed mid-upload is skipped; Ray Train's own record may lag a hard kill by the second it takes to write
+  it) whenever Ray Train starts the workers: when the same command is re-run, and when Ray Train restarts
+  them after a failure (a worker or a whole node lost; at most ``max_failures`` times). The dataset is a
+  factory (``RemainingSamples``) called at every start, so the data begin at that checkpoint's step, and the
+  workers restore that same checkpoint (nothing writes to storage while no worker runs);
 - at the end rank 0 exports a model directory (``actors.model.checkpoints.export_model``) that labeling
   loads by config (``model.yaml`` inside it, or ``checkpoints.load_exported``) and that the next training
   stage names as its ``model_config``.
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -70,14 +76,15 @@ from actors.model.checkpoints import (
     trained_files,
 )
 from actors.model.config import ModelConfig
+from actors.model.prompt_calibration import calibrate_seg_projection
 from actors.model.sam2_video_training import Sam2TrackingObjective, TrackingClip
 from actors.model.segmllm import SegModel, TrainSample
 from actors.uri import filesystem_for, is_relative, join, protocol_of, redact
 from pipelines.formats import FormatError
-from pipelines.train_config import TrainConfig, load_model_config, load_train_config
-from pipelines.train_data import read_catalog, sample_dataset
+from pipelines.train_config import PromptCalibrationConfig, TrainConfig, load_model_config, load_train_config
+from pipelines.train_data import Catalog, read_catalog, sample_dataset
 
-LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "adversarial", "club", "club_likelihood",
+LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "mask_object", "adversarial", "club", "club_likelihood",
               "track_focal", "track_dice", "track_iou", "track_object")
 STATE_FILE = "train_state.json"
 MODEL_DIR = "model"
@@ -90,7 +97,8 @@ def trained_parts(config: TrainConfig) -> tuple[str, ...]:
     """What the run trains and checkpoints (``checkpoints.save_trainable`` parts) for its objective and mode."""
     if config.objective == "sam2_tracking":
         return ("sam2",)
-    return ("mllm" if config.mode == "full" else "adapter", "heads", "sam2_decoder")
+    trained_mllm = {"full": ("mllm",), "lora": ("adapter",), "heads": ()}[config.mode]
+    return (*trained_mllm, "heads", "sam2_decoder")
 
 
 def checkpoint_files(config: TrainConfig) -> frozenset[str]:
@@ -257,6 +265,15 @@ def _restore(model: SegModel, parts: tuple[str, ...], directory: Path
 
 
 # ------------------------------------------------------------------------------------------ worker loop
+def calibrated_prompts(model: SegModel, batches: Iterator[dict[str, np.ndarray]], config: PromptCalibrationConfig,
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    """Calibrate the ``[SEG]`` projection on the first ``config.batches`` batches (every worker's, summed:
+    ``actors.model.prompt_calibration``) and return the iterator with those batches still to train on."""
+    first = list(itertools.islice(batches, config.batches))
+    calibrate_seg_projection(model, [s for batch in first for s in train_samples(batch)], config.shrinkage)
+    return itertools.chain(first, batches)
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build, restore, train to ``max_steps`` with checkpoints, export (rank 0)."""
     config: TrainConfig = loop_config["config"]
@@ -269,12 +286,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     network = training_network(model, model_config, config)
     saved_parts = trained_parts(config)
     state, optimizer_state, scheduler_state = TrainState(), None, None
-    if loop_config["resume_uri"] is not None:  # the driver's choice, which its data offset assumes
-        with local_directory(loop_config["resume_uri"], config.storage_options) as directory:
+    resumed = latest_checkpoint(config)  # the checkpoint ``RemainingSamples`` started the data at
+    if resumed is not None:
+        with local_directory(resumed[0], config.storage_options) as directory:
             state, optimizer_state, scheduler_state = _restore(model, saved_parts, directory)
-    if state.step != loop_config["start_step"]:
-        raise RuntimeError(f"worker {rank}: restored step {state.step}, the data starts at step "
-                           f"{loop_config['start_step']}")
+        if rank == 0:
+            print(f"vrseg train: resumed from {redact(resumed[0])} at step {state.step}", flush=True)
+    batches = iter(ray.train.get_dataset_shard("train").iter_batches(
+        batch_size=config.optim.batch_size, batch_format="numpy", drop_last=True))
+    if state.step == 0 and config.prompt_calibration.batches:
+        batches = calibrated_prompts(model, batches, config.prompt_calibration)
     parallel = ParallelModel(network, config.scaling.strategy)
     optimizer, scheduler = make_optimizer(parallel.wrapped, config)
     if optimizer_state is not None:
@@ -284,9 +305,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=config.scaling.use_gpu and config.scaling.bf16)
     trainable = [p for p in parallel.wrapped.parameters() if p.requires_grad]
-    accum, batch_size = config.optim.grad_accum, config.optim.batch_size
-    batches = iter(ray.train.get_dataset_shard("train").iter_batches(batch_size=batch_size, batch_format="numpy",
-                                                                      drop_last=True))
+    accum = config.optim.grad_accum
     started = time.perf_counter()
     while state.step < config.max_steps:
         torch.manual_seed(step_seed(config.seed, state.step, rank))
@@ -383,18 +402,30 @@ def latest_checkpoint(config: TrainConfig) -> tuple[str, TrainState] | None:
     return None
 
 
+@dataclass(frozen=True)
+class RemainingSamples:
+    """The run's samples from its latest complete checkpoint's step to ``max_steps``: a dataset factory that
+    Ray Train calls each time it starts the workers (on the driver's node), so that a run restarted after a
+    failure reads only the samples of the steps it has still to train."""
+
+    catalog: Catalog
+    config: TrainConfig
+
+    def __call__(self) -> ray.data.Dataset:
+        resumed = latest_checkpoint(self.config)
+        start_step = resumed[1].step if resumed else 0
+        remaining = max(self.config.max_steps - start_step, 1)
+        per_step = self.config.samples_per_step()
+        return sample_dataset(self.catalog, self.config.data, self.config.seed, start_step * per_step,
+                              remaining * per_step, self.config.objective)
+
+
 def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTrainer:
     """Validate the sources and storage and assemble the ``TorchTrainer`` (no worker has started yet).
 
     Raises ``ConfigError`` / ``FormatError`` naming the key or path for anything wrong."""
     catalog = read_catalog(config)
     storage_path, storage_fs = run_storage(config)
-    resumed = latest_checkpoint(config)
-    start_step = resumed[1].step if resumed else 0
-    remaining = max(config.max_steps - start_step, 1)
-    per_step = config.samples_per_step()
-    dataset = sample_dataset(catalog, config.data, config.seed, start_step * per_step, remaining * per_step,
-                             config.objective)
     scaling = ScalingConfig(
         num_workers=config.num_workers,
         use_gpu=config.scaling.use_gpu,
@@ -411,11 +442,10 @@ def build_trainer(config: TrainConfig, model_config: ModelConfig) -> TorchTraine
     ingest.preserve_order = config.data.preserve_order
     return TorchTrainer(
         train_loop,
-        train_loop_config={"config": config, "model_config": model_config, "start_step": start_step,
-                           "resume_uri": resumed[0] if resumed else None},
+        train_loop_config={"config": config, "model_config": model_config},
         scaling_config=scaling,
         run_config=run_config,
-        datasets={"train": dataset},
+        datasets={"train": RemainingSamples(catalog, config)},
         dataset_config=DataConfig(execution_options={"train": ingest}),
     )
 

@@ -15,13 +15,12 @@ from typing import Any
 from omegaconf import MISSING
 
 from actors.config import ConfigError, load_config
-from actors.model.config import ModelConfig, read_model_config
+from actors.model.config import TRAINING_MODES, ModelConfig, read_model_config
 
 REFVOS_FORMATS = ("mevis", "revos", "refytvos")
 TSG_FORMATS = ("charades-sta", "activitynet")
 STRATEGIES = ("ddp", "fsdp")
 OBJECTIVES = ("joint", "sam2_tracking")
-MODES = ("lora", "full")
 PROMPT_KINDS = ("mask", "box", "points")
 
 
@@ -178,6 +177,21 @@ class ScalingSection:
 
 
 @dataclass
+class PromptCalibrationConfig:
+    """``actors.model.prompt_calibration`` before the first step: ``batches`` per worker (0: off), the
+    whitening's ``shrinkage`` (x the mean eigenvalue of the ``[SEG]`` states' covariance)."""
+
+    batches: int = 0
+    shrinkage: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batches < 0:
+            raise ValueError(f"prompt_calibration.batches must be >= 0, got {self.batches}")
+        if self.shrinkage <= 0:
+            raise ValueError(f"prompt_calibration.shrinkage must be > 0, got {self.shrinkage}")
+
+
+@dataclass
 class TrainConfig:
     """``vrseg train`` configuration.
 
@@ -192,8 +206,10 @@ class TrainConfig:
     ``objective``: ``joint`` (MomentSeg's joint TSG + RefVOS training of the MLLM, its heads and SAM2's mask
     decoder) or ``sam2_tracking`` (SAM2's own video objective on RefVOS clips: every SAM2 module trains,
     ``actors.model.sam2_video_training``). ``mode`` (``joint`` only): ``lora`` (LoRA + new token rows, the
-    default for pretrained backbones) or ``full`` (every MLLM parameter, vision tower included: training
-    from scratch).
+    default for pretrained backbones), ``full`` (every MLLM parameter, vision tower included: training
+    from scratch) or ``heads`` (the MLLM frozen, only the heads and SAM2's mask decoder: prompt alignment).
+    ``prompt_calibration`` (``joint``, a fresh run only): the data-dependent ``[SEG]`` projection
+    initialisation of ``actors.model.prompt_calibration`` on the first ``batches`` batches of each worker.
     """
 
     name: str = "vrseg-train"
@@ -215,6 +231,7 @@ class TrainConfig:
     data: SampleConfig = field(default_factory=SampleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingSection = field(default_factory=ScalingSection)
+    prompt_calibration: PromptCalibrationConfig = field(default_factory=PromptCalibrationConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -226,8 +243,8 @@ class TrainConfig:
             raise ValueError(f"keep_checkpoints must be >= 1 or null, got {self.keep_checkpoints}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got '{self.objective}'")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got '{self.mode}'")
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"mode must be one of {list(TRAINING_MODES)}, got '{self.mode}'")
         if not self.sources:
             raise ValueError("sources is empty: give at least one dataset")
         for name, source in self.sources.items():
@@ -237,6 +254,12 @@ class TrainConfig:
             if source.task == "tsg" and source.videos_uri is None:
                 raise ValueError(f"sources.{name}.videos_uri is required for a {source.format} source "
                                  "(its annotations name videos only)")
+        if self.prompt_calibration.batches and self.objective != "joint":
+            raise ValueError("prompt_calibration calibrates the [SEG] projection of the joint objective; "
+                             f"set prompt_calibration.batches=0 for objective '{self.objective}'")
+        if 0 < self.prompt_calibration.batches * self.optim.batch_size < 2:
+            raise ValueError("prompt_calibration needs >= 2 samples per worker (batches x optim.batch_size), got "
+                             f"{self.prompt_calibration.batches} x {self.optim.batch_size}")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
 

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 from PIL import Image
 
@@ -387,12 +386,16 @@ class SampleBuilder:
 # ------------------------------------------------------------------------------------------ dataset
 def sample_dataset(catalog: Catalog, data: SampleConfig, seed: int, start: int, count: int,
                    objective: str = "joint") -> ray.data.Dataset:
-    """Samples ``start .. start + count - 1`` as a Ray Data dataset built by ``data.decode_actors`` actors."""
+    """Samples ``start .. start + count - 1`` as a Ray Data dataset built by ``data.decode_actors`` actors.
+
+    The index blocks (``rows_per_block`` indices each, the remainder spread over the first blocks) are built in
+    this process: ``from_items`` runs no Ray task, whereas ``from_arrow`` runs one 1-CPU task per block, which
+    never starts when Ray Train builds the dataset (``train.RemainingSamples``) while its workers hold the CPUs.
+    """
     if count < 1:
         raise ValueError(f"sample count must be >= 1, got {count}")
-    indices = np.arange(start, start + count, dtype=np.int64)
-    blocks = [pa.table({"index": chunk}) for chunk in np.array_split(indices, -(-count // data.rows_per_block))]
-    return ray.data.from_arrow(blocks).map(
+    indices = [{"index": index} for index in range(start, start + count)]
+    return ray.data.from_items(indices, override_num_blocks=-(-count // data.rows_per_block)).map(
         SampleBuilder,
         fn_constructor_kwargs={"catalog_refs": [ray.put(catalog)], "data": data, "seed": seed,
                                "objective": objective},

@@ -373,8 +373,9 @@ def test_the_vrs_hq_config_runs_vrs_hq_as_published():
 def test_the_videolisa_config_runs_sparse_dense_and_one_token_seg_all():
     from pipelines.label_config import load_label_config
 
-    config, _ = load_label_config("configs/label/videolisa_qwen2_5vl-3b_sam2.1-l.yaml",
-                                  ["model.overrides=[mllm.backbone=/m/qwen,sam2.checkpoint=/m/sam2.pt]"])
+    config, model_config = load_label_config("configs/label/videolisa_qwen2_5vl-3b_sam2.1-l.yaml",
+                                             ["model.overrides=[mllm.backbone=/m/qwen,sam2.checkpoint=/m/sam2.pt]"])
+    assert model_config.mllm.video_token_pooling == "mean"
     sampling = config.engine.sampling
     assert (sampling.method, sampling.k, sampling.dense) == ("sparse_dense", 32, 4)
     assert config.engine.propagation.mode == "one_token_seg_all"

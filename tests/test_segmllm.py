@@ -12,7 +12,7 @@ from peft import PeftModel
 from actors.config import load_config
 from actors.model.checkpoints import build_model
 from actors.model.config import DecoupleConfig, ModelConfig, ScratchConfig, TDAConfig
-from actors.model.prompts import ADDED_TOKENS, find_conversation
+from actors.model.prompts import ADDED_TOKENS, find_conversation, seg_conversation
 from actors.model.scratch_backbone import build_scratch_backbone, build_tokenizer
 from actors.model.segmllm import SegMLLM, SegPrompts, TrainSample, decode_seg_prompts
 
@@ -90,6 +90,26 @@ def test_seg_prompts_shapes_with_and_without_video(mllm: SegMLLM):
     torch.testing.assert_close(images_only.prompts[1:2], alone.prompts, rtol=0, atol=1e-5)
 
 
+def test_mean_pooled_video_tokens_are_one_per_temporal_index(mllm: SegMLLM):
+    """VideoLISA's sparse frames: each temporal token's merged visual tokens averaged into one LLM token."""
+    pooled = _mllm(video_token_pooling="mean")
+    video = _frames(8, 56, 7)
+    plain_visual, pooled_visual = mllm.visual_inputs(lowres_video=video), pooled.visual_inputs(lowres_video=video)
+    t = int(plain_visual.video_grid_thw[0, 0])
+    plain_tokens = mllm._vision_embeddings(plain_visual)[0]
+    pooled_tokens = pooled._vision_embeddings(pooled_visual)[0]
+    assert plain_tokens.shape[0] > t and pooled_tokens.shape[0] == t
+    torch.testing.assert_close(pooled_tokens, plain_tokens.view(t, -1, plain_tokens.shape[-1]).mean(1))
+    tokens = pooled._tokenize([seg_conversation("red circle", 0, True, False)], pooled_visual)
+    assert tokens.prefix_ids.count(pooled.hf_model.config.video_token_id) == t
+    scores = pooled.moment_scores(video, EXPRESSIONS[:2])
+    assert scores.shape == (2, 8) and torch.isfinite(scores).all()
+    with torch.no_grad():
+        _, shared = pooled.hidden_states_shared(tokens, pooled_visual)
+        _, full = pooled.hidden_states_full(tokens, pooled_visual)
+    torch.testing.assert_close(shared[0], full[0], atol=1e-4, rtol=1e-4)
+
+
 def test_tda_and_decoupled_outputs():
     mllm = _mllm(tda=TDAConfig(enabled=True), decouple=DecoupleConfig(enabled=True, club_hidden=16))
     out = mllm.seg_prompts(_frames(3, 112, 4), EXPRESSIONS[:2], lowres_video=_frames(4, 56, 5))
@@ -128,7 +148,7 @@ def test_gradients_reach_exactly_the_trainable_parts():
     model = build_model(load_config(ModelConfig, TINY_YAML))
     model.enable_training()
     parts = model.forward_train(_samples())
-    assert set(parts) == {"lm", "find", "mask_bce", "mask_dice", "loss"}
+    assert set(parts) == {"lm", "find", "mask_bce", "mask_dice", "mask_object", "loss"}
     parts["loss"].backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
@@ -153,6 +173,30 @@ def test_gradients_reach_exactly_the_trainable_parts():
     assert delta.shape[0] == len(ADDED_TOKENS)
     assert all(not n.startswith("sam2.") or ".sam_mask_decoder." in n for n in trainable)
     assert not any(".visual." in n or "base_layer" in n for n in trainable)
+
+
+def test_object_presence_loss_trains_the_gate_inference_applies():
+    """Key frame 0 holds the target, key frame 1 does not: ``mask_object`` is SAM2's BCE of the object scores
+    against (1, 0), and with its weight the presence head (which gates masks to empty at inference) learns."""
+    model = build_model(load_config(ModelConfig, TINY_YAML))
+    model.enable_training()
+    masks = torch.zeros(2, 112, 112)
+    masks[0, 20:70, 30:90] = 1
+    sample = TrainSample("red circle", _frames(6, 56, 10), key_frames=_frames(2, 112, 11), masks=masks)
+    model.train()
+    scores = model.sam2.decode_masks(sample.key_frames, model.mllm.train_outputs(sample)[0].seg.prompts.expand(2, -1))
+    expected = -(torch.nn.functional.logsigmoid(scores.object_score_logits[0])
+                 + torch.nn.functional.logsigmoid(-scores.object_score_logits[1])) / 2
+    model.losses.mask_object = 0.0
+    without = model.forward_train([sample])
+    assert without["mask_object"].item() == pytest.approx(expected.item(), rel=1e-4)
+    without["loss"].backward()
+    head = model.sam2.sam.sam_mask_decoder.pred_obj_score_head
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in head.parameters())
+    model.zero_grad()
+    model.losses.mask_object = 1.0
+    model.forward_train([sample])["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
 
 
 def test_full_mode_trains_the_whole_mllm_and_a_loaded_adapter_trains_on(tmp_path):

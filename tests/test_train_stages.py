@@ -93,9 +93,10 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     mllm_before, mllm_after = untrained.mllm.hf_model.state_dict(), stage1.mllm.hf_model.state_dict()
     assert all(torch.equal(mllm_before[k], mllm_after[k]) for k in mllm_before)
 
-    # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays
+    # stage 2 starts from stage 1's model.yaml: every MLLM parameter trains, SAM2 outside its decoder stays;
+    # the [SEG] projection is calibrated on the first batch of the fresh run (not again when it resumes)
     second = _config("configs/train/tiny.yaml", corpus, *common, "data.fixed_pool=4", "mode=full", "optim.lr=3e-3",
-                     "model_config=runs/tiny-sam2/model/model.yaml")
+                     "model_config=runs/tiny-sam2/model/model.yaml", "prompt_calibration.batches=4")
     joint = run_training(second)
     _falls(joint.state.history, JOINT_PARTS, 0.9)
     files = {p.name for p in (tmp_path / "runs" / "tiny" / "step_00000008" / "model").iterdir()}

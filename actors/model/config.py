@@ -26,6 +26,7 @@ TINY_BACKBONE = "tiny"
 SCRATCH_BACKBONE = "scratch"
 VOCABULARIES = ("tiny", "procedural")  # the offline vocabularies of actors.model.scratch_backbone
 BUILT_BACKBONES = (TINY_BACKBONE, SCRATCH_BACKBONE)
+TRAINING_MODES = ("lora", "full", "heads")  # what joint training updates (``SegModel.enable_training``)
 WEIGHT_LOCATIONS = (
     "mllm.backbone",
     "mllm.sa2va_uri",
@@ -133,6 +134,8 @@ class MLLMConfig:
         ``[SEG]`` projection (its tokenizer, carrying ``[SEG]``, replaces the backbone's).
     adapter_uri: a PEFT adapter directory (LoRA + the new token rows); heads_uri: ``heads.safetensors``.
     video_tokens_per_frame: LLM tokens per temporal token of the low-res video (MomentSeg: <= 16).
+    video_token_pooling: ``none``, or ``mean``: each temporal token's visual tokens mean-pooled into one
+    (VideoLISA's sparse frames, ``extract_video_feats``), at the position of its temporal index.
     image_max_tokens: LLM tokens per high-res key frame.
     video_fps: frame rate of the low-res frames handed in, for Qwen2.5-VL's temporal position ids.
     suffix_batch: expressions run together on one shared prefix.
@@ -148,6 +151,7 @@ class MLLMConfig:
     find_dim: int = 256
     find_tau: float = 0.07
     video_tokens_per_frame: int = 16
+    video_token_pooling: str = "none"
     image_max_tokens: int = 256
     video_fps: float = 2.0
     suffix_batch: int = 16
@@ -163,6 +167,8 @@ class MLLMConfig:
         for name in ("find_dim", "video_tokens_per_frame", "image_max_tokens", "suffix_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mllm.{name} must be >= 1, got {getattr(self, name)}")
+        if self.video_token_pooling not in ("none", "mean"):
+            raise ValueError(f"mllm.video_token_pooling must be 'none' or 'mean', got '{self.video_token_pooling}'")
         if self.find_tau <= 0 or self.video_fps <= 0:
             raise ValueError("mllm.find_tau and mllm.video_fps must be > 0")
 

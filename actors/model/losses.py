@@ -12,12 +12,21 @@ import torch.nn.functional as F
 
 @dataclass
 class LossConfig:
-    """Weights of each loss term (MomentSeg / Sa2VA defaults) and the Eq. 5 positive weight."""
+    """Weights of each loss term (MomentSeg / Sa2VA defaults) and the Eq. 5 positive weight.
+
+    ``mask_object`` weighs SAM2's object-presence loss on the ``[SEG]``-prompted key frames (SAM2's own
+    ``loss_class``, not in MomentSeg or Sa2VA, hence 0 by default). Inference gates every mask whose object
+    score is below 0 to empty (``SAM2Base._forward_sam_heads``, ``Sam2Bridge.decode_masks``), so a decoder
+    trained on ``[SEG]`` prompts without it can leave the presence head where it drifts: training from
+    scratch, the head went negative for every prompt within 50 steps and labeling returned empty masks on
+    every frame while the ungated training masks were not empty (configs/model/procedural.yaml sets it).
+    """
 
     find: float = 1.0
     find_positive_weight: float = 2.0
     mask_bce: float = 2.0
     mask_dice: float = 0.5
+    mask_object: float = 0.0
     lm: float = 1.0
     adversarial: float = 0.1
     club: float = 0.1
@@ -61,6 +70,11 @@ def mask_dice_loss(mask_logits: torch.Tensor, targets: torch.Tensor, smooth: flo
     targets = targets.to(probs.dtype).flatten(1)
     dice = (2 * (probs * targets).sum(-1) + smooth) / (probs.sum(-1) + targets.sum(-1) + smooth)
     return (1 - dice).mean()
+
+
+def object_presence_loss(object_score_logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """SAM2's ``loss_class``: sigmoid BCE of the (N,) object-score logits against (N,) target presence."""
+    return F.binary_cross_entropy_with_logits(object_score_logits, present.to(object_score_logits.dtype))
 
 
 def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

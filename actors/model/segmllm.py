@@ -28,7 +28,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import DynamicCache, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-from actors.model.config import MLLMConfig
+from actors.model.config import TRAINING_MODES, MLLMConfig
 from actors.model.heads import (
     Decoupler,
     FindHead,
@@ -43,6 +43,7 @@ from actors.model.losses import (
     find_matching_loss,
     mask_bce_loss,
     mask_dice_loss,
+    object_presence_loss,
     weighted_total,
 )
 from actors.model.prompts import (
@@ -64,10 +65,16 @@ RESIZE_SEED = 0
 
 @dataclass
 class VisualInputs:
-    """Processor outputs of one call's visuals (an optional low-res video, then optional key-frame images)."""
+    """Processor outputs of one call's visuals (an optional low-res video, then optional key-frame images).
+
+    ``video_token_grid_thw``: the grid the LLM sees for the video (tokens, rope positions): the vision
+    tower's ``video_grid_thw``, or with mean-pooled temporal tokens (VideoLISA) one merged token per
+    temporal index, ``(t, merge, merge)``.
+    """
 
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
+    video_token_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: torch.Tensor | None = None
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
@@ -272,9 +279,14 @@ class SegMLLM(nn.Module):
             videos=[video], size=size, cap_pixels_per_frame=False, do_sample_frames=False, return_tensors="pt"
         )
         seconds = self.temporal_patch_size / (fps or self.config.video_fps)
+        grid = out["video_grid_thw"]
+        token_grid = grid.clone()
+        if self.config.video_token_pooling == "mean":
+            token_grid[:, 1:] = self.merge_size
         return {
             "pixel_values_videos": out["pixel_values_videos"],
-            "video_grid_thw": out["video_grid_thw"],
+            "video_grid_thw": grid,
+            "video_token_grid_thw": token_grid,
             "second_per_grid_ts": torch.tensor([seconds]),
         }
 
@@ -311,7 +323,7 @@ class SegMLLM(nn.Module):
             self.processor,
             conversations,
             image_tokens=self._tokens_per_visual(visual.image_grid_thw),
-            video_tokens=self._tokens_per_visual(visual.video_grid_thw),
+            video_tokens=self._tokens_per_visual(visual.video_token_grid_thw),
         )
 
     # ------------------------------------------------------------------ language model
@@ -327,6 +339,8 @@ class SegMLLM(nn.Module):
                 visual.pixel_values_videos.to(device), visual.video_grid_thw.to(device)
             )
             video = torch.cat(out.pooler_output, dim=0)
+            if self.config.video_token_pooling == "mean":  # VideoLISA: one token per temporal index
+                video = video.view(int(visual.video_grid_thw[0, 0]), -1, video.shape[-1]).mean(1)
         if visual.pixel_values is not None:
             out = model.get_image_features(visual.pixel_values.to(device), visual.image_grid_thw.to(device))
             image = torch.cat(out.pooler_output, dim=0)
@@ -356,7 +370,7 @@ class SegMLLM(nn.Module):
             tensor,
             mm_token_type_ids=types,
             image_grid_thw=None if visual.image_grid_thw is None else visual.image_grid_thw.to(device),
-            video_grid_thw=None if visual.video_grid_thw is None else visual.video_grid_thw.to(device),
+            video_grid_thw=None if visual.video_token_grid_thw is None else visual.video_token_grid_thw.to(device),
             second_per_grid_ts=None
             if visual.second_per_grid_ts is None
             else visual.second_per_grid_ts.to(device),
@@ -439,7 +453,7 @@ class SegMLLM(nn.Module):
         """LLM output states of the video tokens grouped per temporal index: (L_t, tokens per index, H)."""
         ids = torch.tensor(prefix_ids, device=prefix_hidden.device)
         states = prefix_hidden[ids == self.hf_model.config.video_token_id]
-        t, h, w = (int(x) for x in visual.video_grid_thw[0])
+        t, h, w = (int(x) for x in visual.video_token_grid_thw[0])
         return states.view(t, (h // self.merge_size) * (w // self.merge_size), -1)
 
     def _states_at(self, suffix_ids: list[int], suffix_hidden: torch.Tensor, token: str) -> torch.Tensor:
@@ -591,9 +605,11 @@ class SegModel(nn.Module):
         """Set what trains. ``lora``: LoRA, new token rows, heads, SAM2 mask decoder; the vision tower, the
         LLM base and the rest of SAM2 frozen. ``full`` (training from scratch): every MLLM parameter
         (vision tower, LLM, embeddings, LM head), the heads and the SAM2 mask decoder; the rest of SAM2
-        (image encoder, prompt encoder, memory), which SAM2's own tracking objective trains, stays frozen."""
-        if mode not in ("lora", "full"):
-            raise ValueError(f"training mode must be 'lora' or 'full', got '{mode}'")
+        (image encoder, prompt encoder, memory), which SAM2's own tracking objective trains, stays frozen.
+        ``heads`` (prompt alignment, as LLaVA's first stage trains only its projector): the whole MLLM frozen;
+        the heads and the SAM2 mask decoder train."""
+        if mode not in TRAINING_MODES:
+            raise ValueError(f"training mode must be one of {list(TRAINING_MODES)}, got '{mode}'")
         if mode == "lora" and not isinstance(self.mllm.qwen, PeftModel):
             self.mllm.enable_lora()
         elif mode == "lora":  # an adapter loaded for inference (frozen) trains on from where it is
@@ -605,12 +621,14 @@ class SegModel(nn.Module):
                 raise ValueError("full-parameter training of a model with a LoRA adapter attached: export or "
                                  "merge the adapter first")
             self.mllm.qwen.requires_grad_(True)
+        if mode == "heads":
+            self.mllm.qwen.requires_grad_(False)
         self.sam2.requires_grad_(False)
         self.sam2.sam.sam_mask_decoder.requires_grad_(True)
         self.train()
 
-    def _mask_losses(self, sample: TrainSample, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BCE and Dice of the masks decoded on every key frame from one prompt (1, D)."""
+    def _mask_losses(self, sample: TrainSample, prompts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """BCE, Dice and object presence of the masks decoded on every key frame from one prompt (1, D)."""
         if sample.masks is None:
             raise ValueError(f"training sample '{sample.expression}' has key_frames but no masks")
         frames = (
@@ -623,10 +641,14 @@ class SegModel(nn.Module):
                 f"training sample '{sample.expression}': masks {tuple(targets.shape)} do not match "
                 f"key frames {tuple(prediction.mask_logits.shape)}"
             )
-        return mask_bce_loss(prediction.mask_logits, targets), mask_dice_loss(prediction.mask_logits, targets)
+        return (
+            mask_bce_loss(prediction.mask_logits, targets),
+            mask_dice_loss(prediction.mask_logits, targets),
+            object_presence_loss(prediction.object_score_logits, targets.flatten(1).any(1)),
+        )
 
     def forward_train(self, samples: Sequence[TrainSample]) -> dict[str, torch.Tensor]:
-        """Loss parts (``lm``, ``find``, ``mask_bce``, ``mask_dice``, and with decoupling ``adversarial``,
+        """Loss parts (``lm``, ``find``, ``mask_bce``, ``mask_dice``, ``mask_object``, and with decoupling ``adversarial``,
         ``club``, ``club_likelihood``), each averaged over the samples that have it, and ``loss``, their
         sum weighted by ``LossConfig``."""
         terms: dict[str, list[torch.Tensor]] = {}
@@ -656,8 +678,8 @@ class SegModel(nn.Module):
                         self._mask_losses(sample, output.seg.visual_prompts),
                     ]
                     decoupled.append((output.seg, output.text_reference, output.visual_reference))
-                terms.setdefault("mask_bce", []).append(torch.stack([b for b, _ in mask_terms]).mean())
-                terms.setdefault("mask_dice", []).append(torch.stack([d for _, d in mask_terms]).mean())
+                for index, name in enumerate(("mask_bce", "mask_dice", "mask_object")):
+                    terms.setdefault(name, []).append(torch.stack([t[index] for t in mask_terms]).mean())
         parts = {name: torch.stack(values).mean() for name, values in terms.items()}
         if decoupled:
             parts.update(self._decoupling_losses(decoupled))
