@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -17,9 +19,25 @@ from ray._common.utils import get_ray_address_file
 from ray._private import ray_constants
 from ray._private.node import Node
 from ray.cluster_utils import Cluster
+from ray.experimental import internal_kv
 
 # A killed node is declared dead after 3 missed health checks 1 s apart (sooner than with Ray's defaults).
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+
+
+@contextmanager
+def _this_process_keeps_its_gcs() -> Iterator[None]:
+    """Starting a ``ray._private.node.Node`` in this process points the process-wide internal KV client at that
+    node's GCS; put back the test session's own, or its later Ray Train runs talk to the cluster's GCS after it
+    is killed (the driver then exits after 60 s of retries, as a whole-suite run did)."""
+    session_client = internal_kv.internal_kv_get_gcs_client()
+    try:
+        yield
+    finally:
+        if session_client is None:
+            internal_kv._internal_kv_reset()
+        else:
+            internal_kv._initialize_internal_kv(session_client)
 
 
 class LocalCluster:
@@ -29,9 +47,10 @@ class LocalCluster:
     def __init__(self, worker_cpus: int) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="vrc-", dir="/tmp"))
         self.worker_cpus = worker_cpus
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "include_dashboard": False, "temp_dir": str(self.temp_dir),
-            "_system_config": FAST_HEALTH_CHECKS})
+        with _this_process_keeps_its_gcs():
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 0, "include_dashboard": False, "temp_dir": str(self.temp_dir),
+                "_system_config": FAST_HEALTH_CHECKS})
 
     @property
     def address(self) -> str:
@@ -40,9 +59,10 @@ class LocalCluster:
 
     def top_up(self, workers: int) -> None:
         """Add worker nodes until ``workers`` of them are alive."""
-        while len(self.cluster.worker_nodes) < workers:
-            self.cluster.add_node(num_cpus=self.worker_cpus, temp_dir=str(self.temp_dir))
-        self.cluster.wait_for_nodes()
+        with _this_process_keeps_its_gcs():
+            while len(self.cluster.worker_nodes) < workers:
+                self.cluster.add_node(num_cpus=self.worker_cpus, temp_dir=str(self.temp_dir))
+            self.cluster.wait_for_nodes()
 
     def nodes_running(self, actor: str) -> list[Node]:
         """The worker nodes with a worker process running an ``actor`` (its name in the process title)."""

@@ -4,6 +4,7 @@ corpus, checkpoints in a moto S3 bucket, resume, export loaded by the labeling m
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from train_corpus import tiny_config, write_train_corpus
 
 from actors.config import ConfigError
 from actors.model.checkpoints import build_model, load_exported
-from pipelines.train import LOSS_PARTS, learning_rate_factor, parse_state, run_training
+from pipelines.train import (
+    LOSS_PARTS,
+    STEP_PREFIX,
+    checkpoint_files,
+    latest_checkpoint,
+    learning_rate_factor,
+    parse_state,
+    run_training,
+)
 from pipelines.train_config import load_model_config
 
 PARTS = ("lm", "find", "mask_bce", "mask_dice")
@@ -31,6 +40,21 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
     assert factors[10] == pytest.approx(0.1)
+
+
+def test_resume_picks_the_newest_complete_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """A checkpoint killed mid-upload (a file missing) is skipped for the one before it, whatever Ray Train's
+    own record says: the storage listing alone decides (``latest_checkpoint``)."""
+    config = tiny_config(corpus, f"storage_path={tmp_path}")
+    assert latest_checkpoint(config) is None
+    for step, missing in ((2, None), (4, None), (6, "optimizer.pt")):
+        directory = tmp_path / config.name / f"{STEP_PREFIX}{step:08d}"
+        for name in checkpoint_files(config) - {missing}:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(json.dumps({"step": step, "samples": 2 * step, "history": []}))
+    (tmp_path / config.name / "model").mkdir()
+    uri, state = latest_checkpoint(config)
+    assert uri == str(tmp_path / config.name / f"{STEP_PREFIX}00000004") and (state.step, state.samples) == (4, 8)
 
 
 def test_malformed_config_and_missing_paths_fail_before_any_worker(corpus: Path, tmp_path: Path) -> None:
