@@ -78,7 +78,7 @@ class VideoSegmenter:
             masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded, spool)
             files = self.output.write(video_id, source, (frames.height, frames.width), [q.expr_id for q in queries],
                                       spool)
-        tracks = [ExpressionTrack(query.expr_id, out.anchor, out.key_frames, out.cleared, moment)
+        tracks = [ExpressionTrack(query.expr_id, query.text, out.anchor, out.key_frames, out.cleared, moment)
                   for query, out, moment in zip(queries, masks, prompted.moments, strict=True)]
         return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files,
                           random_access_fallback(frames))

@@ -115,10 +115,11 @@ def moment_record(expr_id: str, moment: ExpressionMoment) -> dict[str, Any]:
 
 @dataclass
 class ExpressionTrack:
-    """What one expression's propagation did (its masks are in the video's mask files): where it started,
-    its key frames, the key frames where Eq. 8 cleared memory, and its predicted moment."""
+    """What one expression's propagation did (its masks are in the video's mask files): its text, where it
+    started, its key frames, the key frames where Eq. 8 cleared memory, and its predicted moment."""
 
     expr_id: str
+    text: str
     anchor: int
     key_frames: list[int]
     cleared: list[int]
@@ -147,8 +148,8 @@ class VideoMasks:
         return {
             "num_frames": self.num_frames, "fps": self.fps, "height": self.height, "width": self.width,
             "expressions": [
-                {**moment_record(t.expr_id, t.moment), "anchor": t.anchor, "key_frames": t.key_frames,
-                 "cleared": t.cleared}
+                {**moment_record(t.expr_id, t.moment), "text": t.text, "anchor": t.anchor,
+                 "key_frames": t.key_frames, "cleared": t.cleared}
                 for t in self.tracks
             ],
         }

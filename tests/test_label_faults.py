@@ -34,7 +34,7 @@ from label_corpus import (
     upload_corpus,
     write_manifest,
 )
-from test_label_reliability import _assert_every_expression_once
+from label_runs import assert_every_expression_once
 
 from actors import rle as rle_codec
 from pipelines.label import ERRORS_FILE, InputSpec, label
@@ -72,7 +72,7 @@ def test_label_through_a_faulty_object_store_loses_nothing(faulty_s3: FaultyS3, 
     store = OutputStore(output, direct.storage_options)
     assert sorted(store.committed()) == sorted(r["video_id"] for r in rows)
     assert pq.read_table(io.BytesIO(store.read_bytes(ERRORS_FILE))).num_rows == 0
-    _assert_every_expression_once(direct, output)  # the fault-free reference: the engine in one process
+    assert_every_expression_once(direct, output)  # the fault-free reference: the engine in one process
 
 
 # ---------------------------------------------------------------------------------------- bad videos

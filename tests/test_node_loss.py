@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 from label_corpus import upload_corpus, write_manifest
+from label_runs import assert_every_expression_once, markers, wait_for_first_commit
 from ray_cluster import LocalCluster
-from test_label_reliability import _assert_every_expression_once, _markers, _wait_for_first_commit
 from test_train import _optimizer_steps, corpus
-from train_corpus import tiny_config
 
 from pipelines.train import STATE_FILE, TrainState, latest_checkpoint, parse_state
-from pipelines.train_config import TrainConfig
+from pipelines.train_config import TrainConfig, load_train_config
 
 __all__ = ["corpus"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.e2e
@@ -33,6 +32,9 @@ NODE_CPUS = 2
 # Stage actors that cannot share a 2-CPU node: the MLLM and the Propagator run on different nodes, and the
 # third node has room for whichever of them loses its node.
 SPREAD_POOLS = ["pools.mllm.num_cpus=1.5", "pools.propagate.num_cpus=1.5"]
+# SAM2's tracking objective (stage 1 of a model trained from scratch): its restart from a checkpoint is tested
+# here; the joint objective's exact resume is test_train.py's and test_train_stages.py's
+TRAIN_CONFIG = "configs/train/tiny_sam2.yaml"
 MAX_STEPS = 4
 CHECKPOINT_EVERY = 2
 # Two training workers that cannot share a node; the third node takes the one whose node is lost.
@@ -70,12 +72,12 @@ def test_label_loses_a_worker_node_mid_job(cluster: LocalCluster, s3, tmp_path: 
                       "configs/label/tiny.yaml", "--no-progress", "--address", cluster.address,
                       f"decoder.scratch_dir={tmp_path}", *SPREAD_POOLS], log, cluster.address)
     try:
-        _wait_for_first_commit(s3, output, lambda: driver.poll() is None)
+        wait_for_first_commit(s3, output, lambda: driver.poll() is None)
         propagating, prompting = cluster.nodes_running("Propagator"), cluster.nodes_running("MLLMWorker")
         assert len(propagating) == 1 and len(prompting) == 1 and propagating != prompting, "stages not spread"
         victims = cluster.pids_running(propagating[0], "Propagator")
         cluster.lose(propagating[0])
-        assert len(_markers(s3, output)) < len(rows), "the job finished before the node was lost"
+        assert len(markers(s3, output)) < len(rows), "the job finished before the node was lost"
         assert driver.wait(timeout=600) == 0, log.read_text(errors="replace")
     finally:
         if driver.poll() is None:
@@ -85,8 +87,8 @@ def test_label_loses_a_worker_node_mid_job(cluster: LocalCluster, s3, tmp_path: 
     record = json.loads(s3.filesystem().cat_file(f"{output.removeprefix('s3://')}/run.json"))
     counts = record["counts"]
     assert (counts["done"], counts["failed"], counts["skipped_committed"]) == (len(rows), 0, 0)
-    assert len(_markers(s3, output)) == len(rows)
-    _assert_every_expression_once(s3, output)
+    assert len(markers(s3, output)) == len(rows)
+    assert_every_expression_once(s3, output)
     # the lost Propagator's frame store and mask spool were deleted by the actor that replaced it
     assert not [p for pid in victims for p in tmp_path.glob(f"vrseg-*-{pid}-*")]
 
@@ -122,9 +124,9 @@ def test_train_loses_a_worker_node_and_resumes_from_its_checkpoint(cluster: Loca
     overrides = [f"data_root={corpus}", f"storage_path={s3.uri('runs')}", f"max_steps={MAX_STEPS}",
                  f"checkpoint_every={CHECKPOINT_EVERY}", "keep_checkpoints=null", "data.fixed_pool=4",
                  *SPREAD_TRAINING, *_flat(s3.storage_options, "storage_options")]
-    config = tiny_config(corpus, *overrides)
+    config = load_train_config(TRAIN_CONFIG, overrides)
     log = tmp_path / "train.log"
-    driver = _driver(["pipelines.cli", "train", "--config", "configs/train/tiny.yaml", *overrides], log,
+    driver = _driver(["pipelines.cli", "train", "--config", TRAIN_CONFIG, *overrides], log,
                      cluster.address)
     try:
         before_loss = _wait_for_checkpoint(config, lambda: driver.poll() is None)
@@ -155,6 +157,8 @@ def test_train_loses_a_worker_node_and_resumes_from_its_checkpoint(cluster: Loca
     assert final is not None and final[1].step == MAX_STEPS
     assert [m["step"] for m in final[1].history] == list(range(1, MAX_STEPS + 1))
     fs = s3.filesystem()
-    restored = parse_state(fs.cat_file(f"{s3.uri('runs', 'tiny')[len('s3://'):]}/step_{restart:08d}/{STATE_FILE}"))
+    restored = parse_state(fs.cat_file(f"{s3.uri('runs', config.name)[len('s3://'):]}/step_{restart:08d}/{STATE_FILE}"))
     assert final[1].history[:restart] == restored.history  # the steps before the loss, carried over
-    assert _optimizer_steps(s3, final[0]) == {MAX_STEPS}  # AdamW state restored, not reset
+    # AdamW state restored, not reset (a reset at the restart would count at most MAX_STEPS - restart steps);
+    # parameters of a prompt kind no clip of a step drew get no gradient, and AdamW leaves their count behind
+    assert max(_optimizer_steps(s3, final[0])) == MAX_STEPS

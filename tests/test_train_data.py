@@ -103,8 +103,13 @@ def test_samples_keep_the_video_aspect_as_inference_does(corpus: Path, ray_local
         for row in rows:
             assert row["lowres"].shape[1:3] == low and row["key_frames"].shape[1:3] == key
             assert row["masks"].shape[1:] == key
-        clip = SampleBuilder([ray.put(read_catalog(config))], config.data, seed=3, objective="sam2_tracking")({"index": 0})
-        assert clip["clip_frames"].shape[1:3] == key and clip["clip_masks"].shape[1:] == key
+        clips = [SampleBuilder([ray.put(read_catalog(config))], config.data, seed=3, objective="sam2_tracking")(
+            {"index": 0}) for _ in range(2)]
+        assert clips[0]["clip_frames"].shape[1:3] == key and clips[0]["clip_masks"].shape[1:] == key
+        # a sample is a function of its index (a resumed tracking run repeats the uninterrupted one)
+        assert clips[0].keys() == clips[1].keys()
+        for name in clips[0]:
+            assert np.array_equal(np.asarray(clips[0][name]), np.asarray(clips[1][name])), name
 
 
 def _ground_truth(corpus: Path) -> dict[str, dict]:

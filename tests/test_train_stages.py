@@ -1,8 +1,9 @@
 """``vrseg train``'s stages for a model trained from scratch, end to end on Ray Train with the tiny model and a
 procedural corpus: SAM2's tracking objective (every SAM2 module trains, nothing else), then full-parameter
 joint TSG + RefVOS training started from the first stage's exported ``model.yaml``; both checkpoint what they
-train, resume exactly (a run restarted from a stage's step-4 checkpoint repeats that stage's steps 5-8), and
-export a directory the next stage and labeling load."""
+train and export a directory the next stage and labeling load, and the joint stage resumes exactly (a run
+restarted from its step-4 checkpoint repeats its steps 5-8). The tracking stage's restart from a checkpoint is
+``test_node_loss.py``'s; its samples are functions of their index (``test_train_data.py``)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,5 @@ def test_tracking_stage_then_full_joint_stage_from_its_export(corpus: Path, tmp_
     released = load_exported(str(tmp_path / "released")).sam2.sam.state_dict()
     assert all(torch.equal(final[k], released[k]) for k in final)
 
-    # a killed run of either stage resumes where it left off
-    _resumes_exactly(first, tracking.state.history, tmp_path / "resumed")
+    # a killed run resumes where it left off (the tracking stage's restart: test_node_loss.py)
     _resumes_exactly(second, joint.state.history, tmp_path / "resumed")
