@@ -163,12 +163,23 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, min_rat
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+BACKBONE_PREFIX = "mllm.qwen."  # the MLLM backbone's parameters in ``SegModel`` (``optim.backbone_lr_scale``)
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer,
                                                                         torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable parameters and its warmup + cosine schedule."""
+    """AdamW over the trainable parameters and its warmup + cosine schedule. With ``optim.backbone_lr_scale``
+    below 1 the MLLM backbone's parameters (named ``mllm.qwen.*`` under any DDP/FSDP wrapper prefix) form a
+    second group at that fraction of the rate; the first group (heads, SAM2) is the one the log reports."""
     optim = config.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for name, p in named if f".{BACKBONE_PREFIX}" in f".{name}"]
+    if optim.backbone_lr_scale == 1.0 or not backbone:
+        groups = [{"params": [p for _, p in named], "lr": optim.lr}]
+    else:
+        groups = [{"params": [p for name, p in named if f".{BACKBONE_PREFIX}" not in f".{name}"], "lr": optim.lr},
+                  {"params": backbone, "lr": optim.lr * optim.backbone_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, optim.warmup_steps, config.max_steps, optim.min_lr_ratio)
     )

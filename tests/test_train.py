@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from pipelines.train import (
     checkpoint_files,
     latest_checkpoint,
     learning_rate_factor,
+    make_optimizer,
     parse_state,
     run_training,
 )
@@ -40,6 +40,26 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
     assert factors[10] == pytest.approx(0.1)
+
+
+def test_backbone_trains_at_its_fraction_of_the_learning_rate(corpus: Path) -> None:
+    """``optim.backbone_lr_scale``: the MLLM backbone's parameters in their own AdamW group (found by name under a
+    wrapper's prefix, as DDP's ``module.``), both groups on the same schedule; at 1, one group as before."""
+    model = build_model(load_model_config(tiny_config(corpus)))
+    model.enable_training("full")
+    wrapped = torch.nn.ModuleDict({"module": model})  # the names DDP gives: module.mllm.qwen.*
+    backbone = {id(p) for p in model.mllm.qwen.parameters() if p.requires_grad}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert backbone and trainable - backbone
+    optimizer, scheduler = make_optimizer(wrapped, tiny_config(corpus, "optim.backbone_lr_scale=0.1",
+                                                               "optim.warmup_steps=2"))
+    heads, body = optimizer.param_groups
+    assert {id(p) for p in body["params"]} == backbone and {id(p) for p in heads["params"]} == trainable - backbone
+    assert scheduler.get_last_lr() == pytest.approx([1e-2 / 3, 1e-3 / 3])  # tiny.yaml: lr 1e-2, warming up
+    single, _ = make_optimizer(wrapped, tiny_config(corpus))
+    assert len(single.param_groups) == 1 and {id(p) for p in single.param_groups[0]["params"]} == trainable
+    with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be in \(0, 1\]"):
+        tiny_config(corpus, "optim.backbone_lr_scale=0")
 
 
 def test_resume_picks_the_newest_complete_checkpoint(corpus: Path, tmp_path: Path) -> None:
@@ -84,34 +104,47 @@ def _optimizer_steps(s3, checkpoint: str) -> set[int]:  # noqa: ANN001
     return {int(entry["step"]) for entry in state["state"].values()}
 
 
-def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local: None) -> None:  # noqa: ANN001
-    overrides = ("data.fixed_pool=4", "optim.warmup_steps=0", "checkpoint_every=3", "keep_checkpoints=2",
-                 f"storage_path={s3.uri('runs')}")
-    config = tiny_config(corpus, *overrides, "max_steps=6")
-    config.storage_options = s3.storage_options
-    first = run_training(config)
-    assert first.state.step == 6 and first.checkpoint_uri == s3.uri("runs/tiny/step_00000006")
-    files = _bucket_files(s3, "runs/tiny/step_00000006")
+def _without_time(result) -> list[dict[str, float]]:  # noqa: ANN001 - TrainResult
+    return [{k: v for k, v in m.items() if k != "time"} for m in result.state.history]
+
+
+def test_overfit_to_s3_resumed_run_repeats_the_uninterrupted_run_and_exports(corpus: Path, s3,  # noqa: ANN001
+                                                                           ray_local: None) -> None:
+    """Two workers, checkpoints in S3, LoRA dropout on. A run restarted from the step-6 checkpoint of another
+    run (copied, as if that run had been killed after it) repeats the uninterrupted run's steps 7-12 exactly on
+    both workers: the same samples in the same order on the same worker, weights, AdamW and schedule state, and
+    dropout noise."""
+
+    def config(storage: str):  # noqa: ANN202 - TrainConfig
+        run = tiny_config(corpus, "data.fixed_pool=4", "optim.warmup_steps=0", "checkpoint_every=3",
+                          "keep_checkpoints=3", "max_steps=12", f"storage_path={s3.uri(storage)}")
+        run.model_overrides = ["mllm.lora.dropout=0.1"]
+        run.storage_options = s3.storage_options
+        return run
+
+    whole = run_training(config("runs"))
+    assert whole.state.step == 12 and whole.checkpoint_uri == s3.uri("runs/tiny/step_00000012")
+    files = _bucket_files(s3, "runs/tiny/step_00000012")
     assert {"model/adapter/adapter_model.safetensors", "model/adapter/adapter_config.json",
             "model/heads.safetensors", "model/sam2_decoder.safetensors", "optimizer.pt", "scheduler.pt",
             "train_state.json"} <= files
-    assert _optimizer_steps(s3, first.checkpoint_uri) == {6}
-
-    # the same run asked to go further continues from step 6: history, step counter and AdamW state restored
-    resumed = tiny_config(corpus, *overrides, "max_steps=12")
-    resumed.storage_options = s3.storage_options
-    second = run_training(resumed)
-    assert second.state.step == 12 and second.state.samples == 12 * resumed.samples_per_step()
-    assert second.state.history[:6] == first.state.history
-    assert [m["step"] for m in second.state.history] == list(range(1, 13))
-    assert _optimizer_steps(s3, second.checkpoint_uri) == {12}
+    assert _optimizer_steps(s3, whole.checkpoint_uri) == {12}
     kept = {p.rsplit("/", 1)[-1] for p in s3.filesystem().ls(s3.uri("runs/tiny")[len("s3://"):])}
-    assert {"step_00000009", "step_00000012"} <= kept and "step_00000003" not in kept
-    state = parse_state(s3.filesystem().cat_file(f"{second.checkpoint_uri[len('s3://'):]}/train_state.json"))
+    assert {"step_00000006", "step_00000009", "step_00000012"} <= kept and "step_00000003" not in kept
+
+    fs = s3.filesystem()
+    fs.copy(s3.uri("runs/tiny/step_00000006")[len("s3://"):], s3.uri("resumed/tiny/step_00000006")[len("s3://"):],
+            recursive=True)
+    resumed = run_training(config("resumed"))
+    assert resumed.state.step == 12 and resumed.state.samples == 12 * config("resumed").samples_per_step()
+    assert [m["step"] for m in resumed.state.history] == list(range(1, 13))
+    assert _without_time(resumed) == _without_time(whole)
+    assert _optimizer_steps(s3, resumed.checkpoint_uri) == {12}  # AdamW state restored, not reset
+    state = parse_state(fs.cat_file(f"{resumed.checkpoint_uri[len('s3://'):]}/train_state.json"))
     assert state.step == 12
 
     # a fixed pool of 4 samples is overfit: every loss part falls clearly
-    history = second.state.history
+    history = whole.state.history
     assert set(PARTS) <= set(history[0]) and set(PARTS) <= set(LOSS_PARTS)
     first_values = {p: history[0][p] for p in PARTS}
     last_values = {p: float(np.mean([m[p] for m in history[-3:]])) for p in PARTS}
@@ -121,9 +154,9 @@ def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local:
     assert last_values["mask_dice"] < 0.8 * first_values["mask_dice"], (first_values, last_values)
 
     # the exported directory loads as a labeling model and its outputs differ from the untrained model's
-    assert second.export_uri == s3.uri("runs/tiny/model")
-    trained = load_exported(second.export_uri, s3.storage_options)
-    untrained = build_model(load_model_config(resumed))
+    assert resumed.export_uri == s3.uri("resumed/tiny/model")
+    trained = load_exported(resumed.export_uri, s3.storage_options)
+    untrained = build_model(load_model_config(config("resumed")))
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8)
     expressions = ["the red circle", "the blue square moves left"]
@@ -132,26 +165,3 @@ def test_overfit_checkpoint_to_s3_resume_and_export(corpus: Path, s3, ray_local:
         prompts = [m.mllm.seg_prompts(frames[:2], expressions).prompts for m in (trained, untrained)]
     assert scores[0].shape == (2, 8) and not torch.allclose(scores[0], scores[1], atol=1e-3)
     assert not torch.allclose(prompts[0], prompts[1], atol=1e-3)
-
-
-def test_resumed_run_repeats_the_uninterrupted_run_with_dropout(corpus: Path, tmp_path: Path,
-                                                               ray_local: None) -> None:
-    """A run resumed from the step-2 checkpoint of another run repeats that run's steps 3-4 exactly on both
-    workers: the same samples in the same order on the same worker, weights, AdamW and schedule state, and
-    dropout noise."""
-
-    def config(storage: str):  # noqa: ANN202 - TrainConfig
-        run = tiny_config(corpus, "optim.warmup_steps=0", "checkpoint_every=2", "max_steps=4",
-                          f"storage_path={tmp_path / storage}")
-        run.model_overrides = ["mllm.lora.dropout=0.5"]
-        return run
-
-    def steps(result) -> list[dict[str, float]]:  # noqa: ANN001 - TrainResult
-        return [{k: v for k, v in m.items() if k != "time"} for m in result.state.history]
-
-    whole = steps(run_training(config("whole")))
-    # as if the run had been killed after its step-2 checkpoint
-    shutil.copytree(tmp_path / "whole" / "tiny" / "step_00000002", tmp_path / "resumed" / "tiny" / "step_00000002")
-    resumed = steps(run_training(config("resumed")))
-    assert [m["step"] for m in whole] == [m["step"] for m in resumed] == [1, 2, 3, 4]
-    assert resumed == whole

@@ -100,6 +100,21 @@ class ScratchConfig:
 
 
 @dataclass
+class SegNormConfig:
+    """Running standardisation of the ``[SEG]`` states before the projection
+    (``actors.model.heads.RunningStandardization``): for training from scratch, off for pretrained models."""
+
+    enabled: bool = False
+    momentum: float = 0.01
+    shrinkage: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.momentum <= 1 or self.shrinkage <= 0:
+            raise ValueError(f"mllm.seg_norm needs 0 < momentum <= 1 and shrinkage > 0, got momentum "
+                             f"{self.momentum} and shrinkage {self.shrinkage}")
+
+
+@dataclass
 class TDAConfig:
     """VRS-HQ temporal dynamic aggregation of per-frame ``<SEG>`` into ``<TAK>`` (Eq. 2)."""
 
@@ -139,6 +154,7 @@ class MLLMConfig:
     image_max_tokens: LLM tokens per high-res key frame.
     video_fps: frame rate of the low-res frames handed in, for Qwen2.5-VL's temporal position ids.
     suffix_batch: expressions run together on one shared prefix.
+    seg_norm: running standardisation of the ``[SEG]`` states (training from scratch).
     scratch: the sizes of a ``"scratch"`` backbone.
     """
 
@@ -158,6 +174,7 @@ class MLLMConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    seg_norm: SegNormConfig = field(default_factory=SegNormConfig)
     tda: TDAConfig = field(default_factory=TDAConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
 

@@ -32,6 +32,7 @@ from actors.model.config import TRAINING_MODES, MLLMConfig
 from actors.model.heads import (
     Decoupler,
     FindHead,
+    RunningStandardization,
     interpolate_to_frames,
     seg_projection,
     temporal_dynamic_aggregation,
@@ -209,6 +210,8 @@ class SegMLLM(nn.Module):
         hidden = qwen.config.text_config.hidden_size
         dtype = qwen.get_input_embeddings().weight.dtype
         self.seg_proj = seg_projection(hidden, prompt_dim).to(dtype)
+        norm = config.seg_norm
+        self.seg_norm = RunningStandardization(hidden, norm.momentum, norm.shrinkage) if norm.enabled else None
         self.find_head = FindHead(hidden, config.find_dim, config.find_tau).to(dtype)
         self.decoupler = (
             Decoupler(hidden, prompt_dim, config.decouple.grl_scale, config.decouple.club_hidden).to(dtype)
@@ -266,6 +269,8 @@ class SegMLLM(nn.Module):
     def heads(self) -> nn.ModuleDict:
         """The projection heads, keyed as in ``heads.safetensors``."""
         modules: dict[str, nn.Module] = {"seg_proj": self.seg_proj, "find_head": self.find_head}
+        if self.seg_norm is not None:
+            modules["seg_norm"] = self.seg_norm
         if self.decoupler is not None:
             modules["decoupler"] = self.decoupler
         return nn.ModuleDict(modules)
@@ -467,6 +472,11 @@ class SegMLLM(nn.Module):
     def _head_input(self, states: torch.Tensor) -> torch.Tensor:
         return states.to(self.seg_proj[0].weight.dtype)
 
+    def _seg_input(self, states: torch.Tensor) -> torch.Tensor:
+        """``[SEG]``/``<SEG>``/``<TAK>`` states as the projection (and the decoupler) take them."""
+        states = self._head_input(states)
+        return states if self.seg_norm is None else self.seg_norm(states)
+
     def _find_logits(
         self,
         tokens: TokenizedPrompts,
@@ -491,17 +501,17 @@ class SegMLLM(nn.Module):
                 [self._states_at(s, h, FRAME_SEG_TOKEN) for s, h in pairs]
             )  # (E, N, H)
             tak_states = torch.cat([self._states_at(s, h, TAK_TOKEN)[-1:] for s, h in pairs])  # (E, H)
-            frame_prompts = self.seg_proj(self._head_input(frame_states))
+            frame_prompts = self.seg_proj(self._seg_input(frame_states))
             fused, similarity = temporal_dynamic_aggregation(
-                frame_prompts, self.seg_proj(self._head_input(tak_states)), self.config.tda.alpha
+                frame_prompts, self.seg_proj(self._seg_input(tak_states)), self.config.tda.alpha
             )
             result = SegPrompts(prompts=fused, frame_prompts=frame_prompts, frame_similarity=similarity)
             seg_states = tak_states
         else:
             seg_states = torch.cat([self._states_at(s, h, SEG_TOKEN)[-1:] for s, h in pairs])  # (E, H)
-            result = SegPrompts(prompts=self.seg_proj(self._head_input(seg_states)))
+            result = SegPrompts(prompts=self.seg_proj(self._seg_input(seg_states)))
         if self.decoupler is not None:
-            result.text_prompts, result.visual_prompts = self.decoupler(self._head_input(seg_states))
+            result.text_prompts, result.visual_prompts = self.decoupler(self._seg_input(seg_states))
         return result
 
     # ------------------------------------------------------------------ inference API
