@@ -58,6 +58,7 @@ from actors.decode import FrameChunk, FrameSource, Size, fit_within, uniform_ind
 from actors.frame_store import StoreFile, frame_store
 from actors.grounding import FIND_THRESHOLD
 from actors.mask_spool import MaskSink, MaskSpool
+from actors.model.heads import LocationMap
 from actors.model.sam2_bridge import MaskPrediction, Sam2Bridge
 from actors.model.sam2_session import Sam2VideoSession
 from actors.model.segmllm import SegMLLM, SegPrompts, decode_seg_prompts
@@ -341,8 +342,10 @@ class ExpressionMasks:
 class MaskStage:
     """The SAM2 half of the engine (what a ``Propagator`` runs): key-frame masks, TKS, BAP propagation."""
 
-    def __init__(self, sam2: Sam2Bridge, config: EngineConfig) -> None:
+    def __init__(self, sam2: Sam2Bridge, config: EngineConfig, location_map: LocationMap | None = None) -> None:
+        """``location_map``: the model's ``mllm.location_map`` head, which makes the key frames' dense prompts."""
         self.sam2 = sam2.eval()
+        self.location_map = None if location_map is None else location_map.eval()
         self.config = config
 
     @property
@@ -393,12 +396,18 @@ class MaskStage:
         for frame, expressions in members.items():
             features = self.sam2.encode_images(key_frames.take([frame]))
             if batched:
-                batch = self.sam2.decode_masks(features, torch.cat([prompts[e].prompts for e in expressions]))
+                batch = self.sam2.decode_masks(
+                    features, torch.cat([prompts[e].prompts for e in expressions]), location_map=self.location_map
+                )
                 for i, e in enumerate(expressions):
-                    out[(frame, e)] = MaskPrediction(*(v[i : i + 1] for v in vars(batch).values()))
+                    out[(frame, e)] = MaskPrediction(
+                        *(None if v is None else v[i : i + 1] for v in vars(batch).values())
+                    )
             else:
                 for e in expressions:
-                    out[(frame, e)] = decode_seg_prompts(self.sam2, features, prompts[e], self.config.reprompt)
+                    out[(frame, e)] = decode_seg_prompts(
+                        self.sam2, features, prompts[e], self.config.reprompt, self.location_map
+                    )
         return out
 
     def _key_masks(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
@@ -515,7 +524,7 @@ class VideoLabeler:
         require_tda_for_tks(config, mllm)
         self.config = config
         self.prompt_stage = PromptStage(mllm, config)
-        self.mask_stage = MaskStage(sam2, config)
+        self.mask_stage = MaskStage(sam2, config, mllm.location_map)
         self.sampler = make_sampler(config.sampling)
         self.store_file = StoreFile()  # reused by every video this labeler sweeps
 

@@ -37,7 +37,8 @@ class FusedLabeler:
         device = inference_device()
         network = load_inference_model(model).to(device)
         self.prompter = VideoPrompter(network.mllm, network.sam2.image_size, engine)
-        self.segmenter = VideoSegmenter(network.sam2, engine, output, device, decoder, storage_options)
+        self.segmenter = VideoSegmenter(network.sam2, engine, output, device, decoder, storage_options,
+                                        network.mllm.location_map)
         self.runner = StageRunner("label", self.label)
 
     def label(self, row: dict[str, Any]) -> VideoMasks:

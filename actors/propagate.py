@@ -24,8 +24,9 @@ from actors.frame_store import StoreFile, frame_store, random_access_fallback
 from actors.frames import open_source
 from actors.mask_spool import MaskSpool
 from actors.mllm import VideoPrompts, inference_device, load_inference_model, queries_of
-from actors.model.checkpoints import load_sam2_decoder
+from actors.model.checkpoints import load_location_map, load_sam2_decoder
 from actors.model.config import ModelConfig
+from actors.model.heads import LocationMap
 from actors.model.sam2_bridge import Sam2Bridge, build_sam2
 from actors.scratch import remove_orphans
 from actors.video_rows import ExpressionTrack, StageRunner, VideoMasks, VideoSource, payload_of
@@ -38,15 +39,17 @@ class MaskOutput(Protocol):
               spool: MaskSpool) -> list[Any]: ...
 
 
-def load_sam2(config: ModelConfig) -> Sam2Bridge:
-    """SAM2 of ``config`` alone: built (seeded) with its checkpoint and fine-tuned decoder. Sa2VA keeps SAM2
-    inside its single checkpoint, so that case builds the whole network and keeps its SAM2."""
+def load_sam2(config: ModelConfig) -> tuple[Sam2Bridge, LocationMap | None]:
+    """SAM2 of ``config`` alone: built (seeded) with its checkpoint and fine-tuned decoder, and the model's
+    ``mllm.location_map`` head when it has one. Sa2VA keeps SAM2 inside its single checkpoint, so that case
+    builds the whole network and keeps its SAM2."""
     if config.mllm.sa2va_uri is not None:
-        return load_inference_model(config).sam2
+        network = load_inference_model(config)
+        return network.sam2, network.mllm.location_map
     sam2 = build_sam2(config.sam2, config.mllm.storage_options)
     if config.sam2_decoder_uri is not None:
         load_sam2_decoder(sam2.sam, config.sam2_decoder_uri, config.mllm.storage_options)
-    return sam2.eval()
+    return sam2.eval(), load_location_map(config, sam2.feature_channels, sam2.prompt_dim)
 
 
 class VideoSegmenter:
@@ -54,9 +57,10 @@ class VideoSegmenter:
     handed to the ``MaskOutput``. Holds the worker's ``StoreFile`` (reused video after video)."""
 
     def __init__(self, sam2: Sam2Bridge, engine: EngineConfig, output: MaskOutput, device: torch.device,
-                 decoder: DecoderConfig, storage_options: Mapping[str, Any] | None = None) -> None:
+                 decoder: DecoderConfig, storage_options: Mapping[str, Any] | None = None,
+                 location_map: LocationMap | None = None) -> None:
         remove_orphans(decoder.scratch_dir)  # what a killed predecessor on this node left
-        self.stage = MaskStage(sam2, engine)
+        self.stage = MaskStage(sam2, engine, location_map)
         self.output, self.device = output, device
         self.decoder, self.storage_options = decoder, storage_options
         self.store_file = StoreFile(decoder.scratch_dir)
@@ -91,7 +95,9 @@ class Propagator:
                  storage_options: Mapping[str, Any] | None = None, torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
         device = inference_device()
-        self.segmenter = VideoSegmenter(load_sam2(model).to(device), engine, output, device, decoder, storage_options)
+        sam2, location_map = load_sam2(model)
+        self.segmenter = VideoSegmenter(sam2.to(device), engine, output, device, decoder, storage_options,
+                                        None if location_map is None else location_map.to(device))
         self.runner = StageRunner("propagate", self.propagate)
 
     def propagate(self, row: dict[str, Any]) -> VideoMasks:

@@ -78,15 +78,19 @@ def held_out(model: SegModel, samples: list[TrainSample]) -> dict[str, float]:
     """Gated and ungated IoU, prompt spread and swap sensitivity on ``samples``."""
     prompts = torch.cat([model.mllm.train_outputs(s)[0].seg.prompts for s in samples])
     figures: dict[str, list[float]] = {"iou_gated": [], "iou": [], "swap": []}
+
+    def decode(frames: np.ndarray, prompt: torch.Tensor) -> torch.Tensor:
+        return model.sam2.decode_masks(frames, prompt, location_map=model.mllm.location_map).mask_logits
+
     for index, sample in enumerate(samples):
         frames = len(sample.key_frames)
         own, other = prompts[index].expand(frames, -1), prompts[(index + 1) % len(samples)].expand(frames, -1)
         model.eval()
-        figures["iou_gated"].append(_iou(model.sam2.decode_masks(sample.key_frames, own).mask_logits, sample.masks))
+        figures["iou_gated"].append(_iou(decode(sample.key_frames, own), sample.masks))
         model.train()
-        logits = model.sam2.decode_masks(sample.key_frames, own).mask_logits
+        logits = decode(sample.key_frames, own)
         figures["iou"].append(_iou(logits, sample.masks))
-        figures["swap"].append(swap_sensitivity(logits, model.sam2.decode_masks(sample.key_frames, other).mask_logits))
+        figures["swap"].append(swap_sensitivity(logits, decode(sample.key_frames, other)))
     return {**{k: round(float(np.mean(v)), 4) for k, v in figures.items()}, "spread": round(prompt_spread(prompts), 4)}
 
 

@@ -84,7 +84,7 @@ from pipelines.formats import FormatError
 from pipelines.train_config import PromptCalibrationConfig, TrainConfig, load_model_config, load_train_config
 from pipelines.train_data import Catalog, read_catalog, sample_dataset
 
-LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "mask_object", "adversarial", "club", "club_likelihood",
+LOSS_PARTS = ("lm", "find", "mask_bce", "mask_dice", "mask_object", "mask_location", "adversarial", "club", "club_likelihood",
               "track_focal", "track_dice", "track_iou", "track_object")
 STATE_FILE = "train_state.json"
 MODEL_DIR = "model"

@@ -20,7 +20,7 @@ Exported model directory (``export_model``), openable by transformers and peft::
     adapter/             PEFT adapter (LoRA + the added token rows), ``PeftModel.from_pretrained(backbone, adapter)``;
                          its ``base_model_name_or_path`` is ``backbone/``'s URI; absent after full-parameter
                          training (the backbone holds the trained weights)
-    heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``decoupler.*``)
+    heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``seg_norm.*``, ``location_map.*``, ``decoupler.*``)
     sam2.safetensors     the whole SAM2 (package key names)
     model.yaml           the ModelConfig, weight locations relative to the directory (``read_model_config``
                          resolves them, for ``load_exported`` and for ``model.config=.../model.yaml``)
@@ -54,6 +54,7 @@ from transformers import (
 
 from actors.config import to_plain
 from actors.model.config import SCRATCH_BACKBONE, TINY_BACKBONE, ModelConfig, ScratchConfig, read_model_config
+from actors.model.heads import LocationMap, build_location_map
 from actors.model.sam2_bridge import CheckpointError, build_sam2, read_state_dict
 from actors.model.scratch_backbone import build_scratch_backbone
 from actors.model.segmllm import SegMLLM, SegModel
@@ -64,9 +65,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _PEFT_KEY_PARTS = ("lora_", "trainable_tokens_delta", "trainable_tokens_original")
 
 HEADS_FILE = "heads.safetensors"
+LOCATION_MAP_PREFIX = "location_map."  # the location map head's keys in heads.safetensors
 SAM2_FILE = "sam2.safetensors"
 SAM2_DECODER_FILE = "sam2_decoder.safetensors"
 SAM2_DECODER_PREFIX = "sam_mask_decoder."
+SAM2_MASK_PROMPT_PREFIX = "sam_prompt_encoder.mask_downscaling."  # trained with mllm.location_map
 MLLM_FILE = "mllm.safetensors"
 MODEL_YAML = "model.yaml"
 
@@ -422,7 +425,7 @@ def _build_model(config: ModelConfig) -> SegModel:
     seg_proj_state = None
     if mllm_config.sa2va_uri is not None:
         seg_proj_state, processor.tokenizer = load_sa2va(mllm_config.sa2va_uri, qwen, sam2.sam, options)
-    mllm = SegMLLM(qwen, processor, mllm_config, sam2.prompt_dim)
+    mllm = SegMLLM(qwen, processor, mllm_config, sam2.prompt_dim, sam2.feature_channels)
     if seg_proj_state is not None:
         _load_exact(mllm.seg_proj, seg_proj_state, f"{mllm_config.sa2va_uri} (text_hidden_fcs)")
     if mllm_config.adapter_uri is not None:
@@ -438,12 +441,30 @@ def _build_model(config: ModelConfig) -> SegModel:
 def load_sam2_decoder(
     sam: torch.nn.Module, uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    """Mask-decoder weights (``sam_mask_decoder.*`` keys) into a ``SAM2Base``."""
+    """Mask-decoder weights (``sam_mask_decoder.*`` keys) into a ``SAM2Base``, and the mask-prompt
+    downscaling (``sam_prompt_encoder.mask_downscaling.*``) when the file has it (a model trained with
+    ``mllm.location_map`` trains both)."""
     state = read_tensors(uri, storage_options)
-    wrong = sorted(k for k in state if not k.startswith(SAM2_DECODER_PREFIX))
+    wrong = sorted(k for k in state if not k.startswith((SAM2_DECODER_PREFIX, SAM2_MASK_PROMPT_PREFIX)))
     if wrong:
         raise CheckpointError(f"{uri}: not mask-decoder keys: {wrong}")
-    _load_exact(sam.sam_mask_decoder, {k[len(SAM2_DECODER_PREFIX) :]: v for k, v in state.items()}, uri)
+    for prefix, module in ((SAM2_DECODER_PREFIX, sam.sam_mask_decoder),
+                           (SAM2_MASK_PROMPT_PREFIX, sam.sam_prompt_encoder.mask_downscaling)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if part or prefix == SAM2_DECODER_PREFIX:
+            _load_exact(module, part, uri)
+
+
+def load_location_map(config: ModelConfig, feature_channels: list[int], prompt_dim: int) -> LocationMap | None:
+    """The ``mllm.location_map`` head alone (``None`` when off), with its weights from ``heads_uri``: what the
+    propagator, which holds SAM2 but not the MLLM, decodes key frames with."""
+    mllm_config = config.mllm
+    location_map = build_location_map(mllm_config.location_map, feature_channels, prompt_dim, _DTYPES[mllm_config.dtype])
+    if location_map is not None and mllm_config.heads_uri is not None:
+        heads = read_tensors(mllm_config.heads_uri, mllm_config.storage_options)
+        state = {k[len(LOCATION_MAP_PREFIX) :]: v for k, v in heads.items() if k.startswith(LOCATION_MAP_PREFIX)}
+        _load_exact(location_map, state, mllm_config.heads_uri)
+    return location_map
 
 
 def load_exported(
@@ -488,7 +509,7 @@ def save_trainable(
     model: SegModel, uri: str, parts: Sequence[str], storage_options: Mapping[str, Any] | None = None
 ) -> None:
     """The trained ``parts`` (training checkpoints): ``adapter`` (PEFT: LoRA + new token rows), ``heads``,
-    ``sam2_decoder`` (SAM2's mask decoder), ``mllm`` (the whole Qwen2.5-VL, full-parameter training),
+    ``sam2_decoder`` (SAM2's mask decoder, with ``mllm.location_map`` also its mask-prompt downscaling), ``mllm`` (the whole Qwen2.5-VL, full-parameter training),
     ``sam2`` (the whole SAM2, tracking training)."""
     trained_files(parts)
     if "adapter" in parts and not isinstance(model.mllm.qwen, PeftModel):
@@ -499,8 +520,12 @@ def save_trainable(
         if "heads" in parts:
             _save_tensors(model.mllm.heads().state_dict(), directory / HEADS_FILE)
         if "sam2_decoder" in parts:
-            decoder = model.sam2.sam.sam_mask_decoder.state_dict()
-            _save_tensors({SAM2_DECODER_PREFIX + k: v for k, v in decoder.items()}, directory / SAM2_DECODER_FILE)
+            sam = model.sam2.sam
+            tensors = {SAM2_DECODER_PREFIX + k: v for k, v in sam.sam_mask_decoder.state_dict().items()}
+            if model.mllm.location_map is not None:
+                downscaling = sam.sam_prompt_encoder.mask_downscaling.state_dict()
+                tensors.update({SAM2_MASK_PROMPT_PREFIX + k: v for k, v in downscaling.items()})
+            _save_tensors(tensors, directory / SAM2_DECODER_FILE)
         if "mllm" in parts:
             _save_tensors(_base_state_dict(model.mllm), directory / MLLM_FILE)
         if "sam2" in parts:

@@ -115,6 +115,22 @@ class SegNormConfig:
 
 
 @dataclass
+class LocationMapConfig:
+    """The dense SAM2 prompt grounded by the ``[SEG]`` prompt (``actors.model.heads.LocationMap``): for
+    training from scratch, off for pretrained models. ``level``: the SAM2 feature level whose grid the map
+    has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width."""
+
+    enabled: bool = False
+    level: int = 1
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.level < 0 or self.hidden < 1:
+            raise ValueError(f"mllm.location_map needs level >= 0 and hidden >= 1, got level {self.level} and "
+                             f"hidden {self.hidden}")
+
+
+@dataclass
 class TDAConfig:
     """VRS-HQ temporal dynamic aggregation of per-frame ``<SEG>`` into ``<TAK>`` (Eq. 2)."""
 
@@ -155,6 +171,7 @@ class MLLMConfig:
     video_fps: frame rate of the low-res frames handed in, for Qwen2.5-VL's temporal position ids.
     suffix_batch: expressions run together on one shared prefix.
     seg_norm: running standardisation of the ``[SEG]`` states (training from scratch).
+    location_map: the ``[SEG]``-grounded dense SAM2 prompt (training from scratch).
     scratch: the sizes of a ``"scratch"`` backbone.
     """
 
@@ -175,6 +192,7 @@ class MLLMConfig:
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     seg_norm: SegNormConfig = field(default_factory=SegNormConfig)
+    location_map: LocationMapConfig = field(default_factory=LocationMapConfig)
     tda: TDAConfig = field(default_factory=TDAConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
 

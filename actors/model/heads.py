@@ -4,10 +4,15 @@ VRS-HQ temporal dynamic aggregation, and the DeSa2VA decoupler (text/visual prom
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from actors.model.config import LocationMapConfig
 
 
 def seg_projection(hidden_size: int, prompt_dim: int) -> nn.Sequential:
@@ -216,3 +221,66 @@ class Decoupler(nn.Module):
         text_from_visual = self.text_adversary(gradient_reversal(visual_prompts, self.grl_scale))
         visual_from_text = self.visual_adversary(gradient_reversal(text_prompts, self.grl_scale))
         return text_from_visual, visual_from_text
+
+
+class LocationMap(nn.Module):
+    """A dense SAM2 prompt grounded by the ``[SEG]`` prompt: where in the frame the referred object is
+    (``mllm.location_map``; our addition for models trained from scratch, none of the four papers has it).
+
+    Why: SAM2's mask decoder reads a language prompt only through its two-way transformer, whose
+    token-to-image attention is 8 heads of ``prompt_dim / 16`` dimensions (4 on the procedural model's 64).
+    Trained from scratch it learnt to segment every salient object and ignore the prompt (held-out static
+    IoU 0.33, the all-objects mask's 0.39); even prompts given the right answer (learned colour + shape
+    embeddings, no MLLM) reached only 0.44-0.55 after 1,000 steps of 8. This head scores the frame against
+    the prompt directly and hands SAM2 the score map as its dense (mask) prompt, the input DeSa2VA's mask
+    re-prompting uses, so the decoder refines a located object instead of having to find it.
+
+    What: every level of SAM2's feature pyramid resized (bilinear) to the grid of level ``level`` and
+    concatenated, a small convolutional key network (3x3, GELU, 3x3, GELU, 1x1 to ``prompt_dim``), then per
+    grid cell ``<key(x, y), p> / sqrt(prompt_dim) + b`` for the prompt ``p`` (the mean of its tokens when
+    there are several). Returns (B, 1, h, w) logits; ``losses.mask_location`` trains them towards the
+    target's area fraction per cell (``location_map_loss``).
+    """
+
+    def __init__(self, feature_channels: list[int], prompt_dim: int, hidden: int, level: int) -> None:
+        super().__init__()
+        if not 0 <= level < len(feature_channels):
+            raise ValueError(f"mllm.location_map.level must index SAM2's {len(feature_channels)} feature levels, "
+                             f"got {level}")
+        self.level = level
+        self.key = nn.Sequential(
+            nn.Conv2d(sum(feature_channels), hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, prompt_dim, 1),
+        )
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, feature_maps: list[torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
+        """feature_maps: SAM2's levels as (B, C_i, H_i, W_i); prompts (B, D) or (B, N, D) -> (B, 1, h, w)."""
+        size = feature_maps[self.level].shape[-2:]
+        stacked = torch.cat(
+            [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+             for m in feature_maps],
+            dim=1,
+        )
+        keys = self.key(stacked.to(self.bias.dtype))  # (B, D, h, w)
+        query = prompts.mean(dim=1) if prompts.ndim == 3 else prompts
+        scores = torch.einsum("bdhw,bd->bhw", keys, query.to(keys.dtype)) / keys.shape[1] ** 0.5
+        return (scores + self.bias)[:, None].float()
+
+
+LOCATION_MAP_SEED = 17
+
+
+def build_location_map(
+    config: LocationMapConfig, feature_channels: list[int], prompt_dim: int, dtype: torch.dtype
+) -> LocationMap | None:
+    """The ``mllm.location_map`` head (``None`` when off), initialised under its own seed: the MLLM worker (whose
+    heads hold it) and the propagator (which decodes with it) build the same head from the same config."""
+    if not config.enabled:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(LOCATION_MAP_SEED)
+        return LocationMap(feature_channels, prompt_dim, config.hidden, config.level).to(dtype)

@@ -20,6 +20,7 @@ class LossConfig:
     trained on ``[SEG]`` prompts without it can leave the presence head where it drifts: training from
     scratch, the head went negative for every prompt within 50 steps and labeling returned empty masks on
     every frame while the ungated training masks were not empty (configs/model/procedural.yaml sets it).
+    ``mask_location`` weighs ``location_map_loss`` (only with ``mllm.location_map``).
     """
 
     find: float = 1.0
@@ -27,6 +28,7 @@ class LossConfig:
     mask_bce: float = 2.0
     mask_dice: float = 0.5
     mask_object: float = 0.0
+    mask_location: float = 1.0
     lm: float = 1.0
     adversarial: float = 0.1
     club: float = 0.1
@@ -70,6 +72,16 @@ def mask_dice_loss(mask_logits: torch.Tensor, targets: torch.Tensor, smooth: flo
     targets = targets.to(probs.dtype).flatten(1)
     dice = (2 * (probs * targets).sum(-1) + smooth) / (probs.sum(-1) + targets.sum(-1) + smooth)
     return (1 - dice).mean()
+
+
+def location_map_loss(location_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``LocationMap``'s (B, 1, h, w) logits against (B, H, W) {0, 1} target masks: each cell's target is
+    the fraction of it the object covers (area-averaged, the frame resized to the grid as SAM2 resizes it to
+    its square input); BCE on those soft targets plus soft Dice (``mask_dice_loss``), as small objects cover a
+    few cells of the grid and BCE alone is content to predict nothing."""
+    cover = F.interpolate(targets[:, None].float(), size=location_logits.shape[-2:], mode="area")[:, 0]
+    logits = location_logits[:, 0].float()
+    return F.binary_cross_entropy_with_logits(logits, cover) + mask_dice_loss(logits, cover)
 
 
 def object_presence_loss(object_score_logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ def seg_prompt_diagnostics(model: SegModel, key_frames: np.ndarray, expressions:
     frames = len(key_frames)
 
     def logits(batch: torch.Tensor) -> torch.Tensor:
-        return torch.stack([model.sam2.decode_masks(features, p.expand(frames, -1)).mask_logits for p in batch])
+        return torch.stack([model.sam2.decode_masks(features, p.expand(frames, -1), location_map=model.mllm.location_map).mask_logits for p in batch])
 
     own = logits(prompts)
     swapped = logits(torch.roll(prompts, shifts=-1, dims=0))

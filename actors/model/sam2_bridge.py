@@ -29,6 +29,7 @@ import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import safetensors.torch
@@ -45,6 +46,9 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
 
 from actors.config import ConfigError
 from actors.uri import filesystem_for
+
+if TYPE_CHECKING:
+    from actors.model.heads import LocationMap
 
 # The settings ``sam2.build_sam.build_sam2_video_predictor`` applies on top of every config.
 VIDEO_POSTPROCESSING_OVERRIDES = (
@@ -116,14 +120,16 @@ class ImageFeatures:
             vision_pos=[x.expand(-1, batch_size, -1) for x in self.vision_pos],
         )
 
-    def high_res_maps(self) -> list[torch.Tensor] | None:
-        """The high-resolution levels as (B, C, H, W) maps for the mask decoder (``None`` if unused)."""
-        if len(self.vision_feats) == 1:
-            return None
+    def maps(self) -> list[torch.Tensor]:
+        """Every level as a (B, C, H, W) map, high-res first."""
         return [
             x.permute(1, 2, 0).reshape(x.shape[1], x.shape[2], *size)
-            for x, size in zip(self.vision_feats[:-1], self.feat_sizes[:-1], strict=True)
+            for x, size in zip(self.vision_feats, self.feat_sizes, strict=True)
         ]
+
+    def high_res_maps(self) -> list[torch.Tensor] | None:
+        """The high-resolution levels as (B, C, H, W) maps for the mask decoder (``None`` if unused)."""
+        return self.maps()[:-1] if len(self.vision_feats) > 1 else None
 
 
 def select_mask(
@@ -146,13 +152,15 @@ class MaskPrediction:
 
     ``mask_logits`` (B, H, W) at frame resolution, ``low_res_logits`` (B, 1, S/4, S/4) at the decoder's
     resolution (feed them back as ``dense_prompt``), ``ious`` (B,) the predicted IoU of the returned mask,
-    ``object_score_logits`` (B,) SAM2's object-presence logit.
+    ``object_score_logits`` (B,) SAM2's object-presence logit; ``location_logits`` (B, 1, h, w) the dense
+    prompt ``LocationMap`` made from the prompts (``None`` without location_map).
     """
 
     mask_logits: torch.Tensor
     low_res_logits: torch.Tensor
     ious: torch.Tensor
     object_score_logits: torch.Tensor
+    location_logits: torch.Tensor | None = None
 
 
 def _compose_model_config(config: Sam2Config) -> OmegaConf:
@@ -296,6 +304,14 @@ class Sam2Bridge(torch.nn.Module):
     def image_size(self) -> int:
         return self.sam.image_size
 
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each level of ``ImageFeatures`` (high-res first), as ``LocationMap`` reads them."""
+        if not self.sam.use_high_res_features_in_sam:
+            return [self.prompt_dim]
+        decoder = self.sam.sam_mask_decoder
+        return [decoder.conv_s0.out_channels, decoder.conv_s1.out_channels, self.prompt_dim]
+
     def preprocess(self, frames: FrameBatch) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, H, W, 3) uint8 frames -> (B, 3, S, S) normalised float input, and (H, W).
 
@@ -329,13 +345,15 @@ class Sam2Bridge(torch.nn.Module):
         frames: FrameBatch | ImageFeatures,
         prompt_embeddings: torch.Tensor,
         dense_prompt: torch.Tensor | None = None,
+        location_map: LocationMap | None = None,
     ) -> MaskPrediction:
         """Masks for (B, prompt_dim) or (B, N, prompt_dim) prompt embeddings on B frames (or one frame).
 
         ``frames`` are uint8 (B, H, W, 3) frames or their ``ImageFeatures``; one frame is shared by all
         prompts. ``dense_prompt`` (B, 1, h, w) mask logits (e.g. a previous ``low_res_logits``) are fed to the
-        prompt encoder's mask input (DeSa2VA's mask re-prompt). Differentiable w.r.t. the prompts and the
-        SAM2 weights.
+        prompt encoder's mask input (DeSa2VA's mask re-prompt). Without one, ``location_map`` (the MLLM's
+        ``LocationMap``) makes it from the prompts and the frame's features. Differentiable w.r.t. the
+        prompts and the SAM2 weights.
         """
         if prompt_embeddings.ndim == 2:
             prompt_embeddings = prompt_embeddings[:, None]
@@ -348,6 +366,9 @@ class Sam2Bridge(torch.nn.Module):
         features = frames if isinstance(frames, ImageFeatures) else self.encode_images(frames)
         features = features.expand(batch)
         sam = self.sam
+        location_logits = None
+        if dense_prompt is None and location_map is not None:
+            location_logits = dense_prompt = location_map(features.maps(), prompt_embeddings)
         # First-frame conditioning: no memory (adds ``no_mem_embed`` with the published configs). (B, C, h, w)
         pix_feat = sam._prepare_memory_conditioned_features(
             frame_idx=0,
@@ -392,4 +413,4 @@ class Sam2Bridge(torch.nn.Module):
         low_res, best = select_mask(low_res, ious, gate)  # (B, 1, S/4, S/4)
         ious = ious.gather(1, best[:, None])[:, 0]
         mask_logits = F.interpolate(low_res, size=features.frame_size, mode="bilinear", align_corners=False)
-        return MaskPrediction(mask_logits[:, 0], low_res, ious, object_score_logits[:, 0])
+        return MaskPrediction(mask_logits[:, 0], low_res, ious, object_score_logits[:, 0], location_logits)

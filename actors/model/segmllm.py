@@ -32,7 +32,9 @@ from actors.model.config import TRAINING_MODES, MLLMConfig
 from actors.model.heads import (
     Decoupler,
     FindHead,
+    LocationMap,
     RunningStandardization,
+    build_location_map,
     interpolate_to_frames,
     seg_projection,
     temporal_dynamic_aggregation,
@@ -42,6 +44,7 @@ from actors.model.losses import (
     adversarial_loss,
     answer_lm_loss,
     find_matching_loss,
+    location_map_loss,
     mask_bce_loss,
     mask_dice_loss,
     object_presence_loss,
@@ -61,6 +64,7 @@ from actors.model.prompts import (
 from actors.model.sam2_bridge import FrameBatch, ImageFeatures, MaskPrediction, Sam2Bridge
 
 Frames = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8 RGB
+MASK_LOSS_PARTS = ("mask_bce", "mask_dice", "mask_object", "mask_location")  # SegModel._mask_losses' order
 RESIZE_SEED = 0
 
 
@@ -100,7 +104,11 @@ class SegPrompts:
 
 
 def decode_seg_prompts(
-    sam2: Sam2Bridge, frames: FrameBatch | ImageFeatures, prompts: SegPrompts, reprompt: bool = False
+    sam2: Sam2Bridge,
+    frames: FrameBatch | ImageFeatures,
+    prompts: SegPrompts,
+    reprompt: bool = False,
+    location_map: LocationMap | None = None,
 ) -> MaskPrediction:
     """Masks of one expression's ``prompts`` on ``frames`` (a batch of one prompt, shared by the frames).
 
@@ -110,13 +118,19 @@ def decode_seg_prompts(
     re-prompting, one iteration: "a single iteration suffices"): the fused low-res logits become SAM2's dense
     prompt and the *same* prompts are decoded again ("keeping other inputs fixed"), then fused the same way.
     With decoupling, ``prompts.prompts`` (the ``[SEG]`` projection, which the decoupled losses never train) is
-    not read. Differentiable w.r.t. the prompts, so training may run it too.
+    not read. ``location_map`` (``mllm.location_map``) makes each first decoding's dense prompt from its prompt.
+    Differentiable w.r.t. the prompts, so training may run it too.
     """
     sources = [prompts.prompts] if prompts.text_prompts is None else [prompts.text_prompts, prompts.visual_prompts]
 
     def fused(dense: torch.Tensor | None) -> MaskPrediction:
-        predictions = [vars(sam2.decode_masks(frames, p, dense_prompt=dense)) for p in sources]
-        return MaskPrediction(**{k: sum(p[k] for p in predictions) / len(predictions) for k in predictions[0]})
+        predictions = [vars(sam2.decode_masks(frames, p, dense_prompt=dense, location_map=location_map)) for p in sources]
+        return MaskPrediction(
+            **{
+                k: None if predictions[0][k] is None else sum(p[k] for p in predictions) / len(predictions)
+                for k in predictions[0]
+            }
+        )
 
     prediction = fused(None)
     return fused(prediction.low_res_logits) if reprompt else prediction
@@ -189,6 +203,7 @@ class SegMLLM(nn.Module):
         processor: Qwen2_5_VLProcessor,
         config: MLLMConfig,
         prompt_dim: int,
+        feature_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -213,6 +228,9 @@ class SegMLLM(nn.Module):
         norm = config.seg_norm
         self.seg_norm = RunningStandardization(hidden, norm.momentum, norm.shrinkage) if norm.enabled else None
         self.find_head = FindHead(hidden, config.find_dim, config.find_tau).to(dtype)
+        if config.location_map.enabled and feature_channels is None:
+            raise ValueError("mllm.location_map needs SAM2's feature channels (feature_channels)")
+        self.location_map = build_location_map(config.location_map, list(feature_channels or []), prompt_dim, dtype)
         self.decoupler = (
             Decoupler(hidden, prompt_dim, config.decouple.grl_scale, config.decouple.club_hidden).to(dtype)
             if config.decouple.enabled
@@ -271,6 +289,8 @@ class SegMLLM(nn.Module):
         modules: dict[str, nn.Module] = {"seg_proj": self.seg_proj, "find_head": self.find_head}
         if self.seg_norm is not None:
             modules["seg_norm"] = self.seg_norm
+        if self.location_map is not None:
+            modules["location_map"] = self.location_map
         if self.decoupler is not None:
             modules["decoupler"] = self.decoupler
         return nn.ModuleDict(modules)
@@ -617,7 +637,9 @@ class SegModel(nn.Module):
         (vision tower, LLM, embeddings, LM head), the heads and the SAM2 mask decoder; the rest of SAM2
         (image encoder, prompt encoder, memory), which SAM2's own tracking objective trains, stays frozen.
         ``heads`` (prompt alignment, as LLaVA's first stage trains only its projector): the whole MLLM frozen;
-        the heads and the SAM2 mask decoder train."""
+        the heads and the SAM2 mask decoder train. With ``mllm.location_map`` SAM2's mask-prompt downscaling
+        trains too in every mode (it turns the location map into the dense prompt; SAM2's tracking objective
+        never trains it, as the published configs output a mask prompt as the mask without decoding it)."""
         if mode not in TRAINING_MODES:
             raise ValueError(f"training mode must be one of {list(TRAINING_MODES)}, got '{mode}'")
         if mode == "lora" and not isinstance(self.mllm.qwen, PeftModel):
@@ -635,30 +657,37 @@ class SegModel(nn.Module):
             self.mllm.qwen.requires_grad_(False)
         self.sam2.requires_grad_(False)
         self.sam2.sam.sam_mask_decoder.requires_grad_(True)
+        if self.mllm.location_map is not None:
+            self.sam2.sam.sam_prompt_encoder.mask_downscaling.requires_grad_(True)
         self.train()
 
     def _mask_losses(self, sample: TrainSample, prompts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """BCE, Dice and object presence of the masks decoded on every key frame from one prompt (1, D)."""
+        """BCE, Dice and object presence of the masks decoded on every key frame from one prompt (1, D), and
+        with ``mllm.location_map`` the location map's loss (``location_map_loss``)."""
         if sample.masks is None:
             raise ValueError(f"training sample '{sample.expression}' has key_frames but no masks")
         frames = (
             np.asarray(sample.key_frames) if isinstance(sample.key_frames, np.ndarray) else sample.key_frames
         )
-        prediction = self.sam2.decode_masks(frames, prompts.expand(len(frames), -1))
+        prediction = self.sam2.decode_masks(frames, prompts.expand(len(frames), -1), location_map=self.mllm.location_map)
         targets = torch.as_tensor(sample.masks, device=prediction.mask_logits.device)
         if targets.shape != prediction.mask_logits.shape:
             raise ValueError(
                 f"training sample '{sample.expression}': masks {tuple(targets.shape)} do not match "
                 f"key frames {tuple(prediction.mask_logits.shape)}"
             )
-        return (
+        terms = (
             mask_bce_loss(prediction.mask_logits, targets),
             mask_dice_loss(prediction.mask_logits, targets),
             object_presence_loss(prediction.object_score_logits, targets.flatten(1).any(1)),
         )
+        if prediction.location_logits is None:
+            return terms
+        return (*terms, location_map_loss(prediction.location_logits, targets))
 
     def forward_train(self, samples: Sequence[TrainSample]) -> dict[str, torch.Tensor]:
-        """Loss parts (``lm``, ``find``, ``mask_bce``, ``mask_dice``, ``mask_object``, and with decoupling ``adversarial``,
+        """Loss parts (``lm``, ``find``, ``mask_bce``, ``mask_dice``, ``mask_object``, with location_map ``mask_location``,
+        and with decoupling ``adversarial``,
         ``club``, ``club_likelihood``), each averaged over the samples that have it, and ``loss``, their
         sum weighted by ``LossConfig``."""
         terms: dict[str, list[torch.Tensor]] = {}
@@ -688,7 +717,7 @@ class SegModel(nn.Module):
                         self._mask_losses(sample, output.seg.visual_prompts),
                     ]
                     decoupled.append((output.seg, output.text_reference, output.visual_reference))
-                for index, name in enumerate(("mask_bce", "mask_dice", "mask_object")):
+                for index, name in enumerate(MASK_LOSS_PARTS[: len(mask_terms[0])]):
                     terms.setdefault(name, []).append(torch.stack([t[index] for t in mask_terms]).mean())
         parts = {name: torch.stack(values).mean() for name, values in terms.items()}
         if decoupled:
