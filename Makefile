@@ -28,7 +28,7 @@ model: env
 	.venv/bin/vrseg train --config configs/train/procedural_sam2.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_joint.yaml
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED)
-	.venv/bin/python benches/evidence.py --config configs/label/procedural.yaml | tee runs/procedural/evaluation.txt
+	.venv/bin/python benches/evidence.py --config configs/label/default.yaml | tee runs/procedural/evaluation.txt
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED) \
 		--evaluation runs/procedural/evaluation.txt
 

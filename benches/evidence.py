@@ -9,7 +9,7 @@ expressions), ``text.per_kind`` / ``text.no_target`` / ``text.moments`` ``--per-
 ``--moments`` 3 (every expression kind, no-target included). It is cached under ``--cache-dir``, keyed by
 the resolved synth config and the generator's source, so reruns skip generation.
 
-Measured with the model and engine settings of ``--config`` (default ``configs/label/procedural.yaml``):
+Measured with the model and engine settings of ``--config`` (default ``configs/label/default.yaml``):
 
 - RefVOS, MeViS protocol: every expression labeled, then scored with the evaluator's own per-expression
   scoring (``pipelines.evaluate.score_refvos_expression``, J and F of ``pipelines.metrics`` over all
@@ -44,7 +44,7 @@ over J&F of the same network with ``uniform`` sampling and ``anchor_updating`` p
 inference: every sampled frame prompts SAM2, propagation runs forward from frame 0), both on every
 expression of the split.
 
-Usage: ``python benches/evidence.py [--config configs/label/procedural.yaml] [--videos 32] [--compare-config C]``
+Usage: ``python benches/evidence.py [--config configs/label/default.yaml] [--videos 32] [--compare-config C]``
 (smoke run: ``--config configs/label/tiny.yaml --videos 4``).
 """
 
@@ -498,7 +498,7 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/label/procedural.yaml", help="labeling config to measure")
+    parser.add_argument("--config", default="configs/label/default.yaml", help="labeling config to measure")
     parser.add_argument("--compare-config", default=None, help="a second labeling config reported beside it")
     parser.add_argument("--synth-config", default="configs/synth/default.yaml", help="base of the held-out split")
     parser.add_argument("--seed", type=int, default=1000, help="split seed (one no training corpus uses)")

@@ -122,7 +122,7 @@ def _card(record: dict[str, Any]) -> str:
         scores = "```\n" + json.dumps(evaluation, indent=1) + "\n```"
     return f"""# vrseg procedural model
 
-The model `configs/label/procedural.yaml` labels with (meant to become the embedded default): Qwen2.5-VL and SAM2.1 (the
+The model `configs/label/default.yaml` labels with (meant to become the embedded default): Qwen2.5-VL and SAM2.1 (the
 real `transformers` and `sam2` classes) sized for `vrseg synth`'s procedural world of moving shapes and trained
 from scratch on 2 CPU cores by `make model`. Weights: `backbone/` (Hugging Face directory), `heads.safetensors`,
 `sam2.safetensors`; `model.yaml` names them relative to this directory.

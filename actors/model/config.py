@@ -172,6 +172,8 @@ class MLLMConfig:
     suffix_batch: expressions run together on one shared prefix.
     seg_norm: running standardisation of the ``[SEG]`` states (training from scratch).
     location_map: the ``[SEG]``-grounded dense SAM2 prompt (training from scratch).
+    text_prompt: add the projected mean token embedding of the expression to the ``[SEG]`` prompt
+        (``actors.model.heads.TextPrompt``; training from scratch).
     scratch: the sizes of a ``"scratch"`` backbone.
     """
 
@@ -193,6 +195,7 @@ class MLLMConfig:
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     seg_norm: SegNormConfig = field(default_factory=SegNormConfig)
     location_map: LocationMapConfig = field(default_factory=LocationMapConfig)
+    text_prompt: bool = False
     tda: TDAConfig = field(default_factory=TDAConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
 

@@ -34,6 +34,7 @@ from actors.model.heads import (
     FindHead,
     LocationMap,
     RunningStandardization,
+    TextPrompt,
     build_location_map,
     interpolate_to_frames,
     seg_projection,
@@ -231,6 +232,7 @@ class SegMLLM(nn.Module):
         if config.location_map.enabled and feature_channels is None:
             raise ValueError("mllm.location_map needs SAM2's feature channels (feature_channels)")
         self.location_map = build_location_map(config.location_map, list(feature_channels or []), prompt_dim, dtype)
+        self.text_prompt = TextPrompt(hidden, prompt_dim).to(dtype) if config.text_prompt else None
         self.decoupler = (
             Decoupler(hidden, prompt_dim, config.decouple.grl_scale, config.decouple.club_hidden).to(dtype)
             if config.decouple.enabled
@@ -291,6 +293,8 @@ class SegMLLM(nn.Module):
             modules["seg_norm"] = self.seg_norm
         if self.location_map is not None:
             modules["location_map"] = self.location_map
+        if self.text_prompt is not None:
+            modules["text_prompt"] = self.text_prompt
         if self.decoupler is not None:
             modules["decoupler"] = self.decoupler
         return nn.ModuleDict(modules)
@@ -514,7 +518,11 @@ class SegMLLM(nn.Module):
         temporal = self.find_head(self._head_input(finds), self._head_input(frames))  # (E, L_t)
         return interpolate_to_frames(temporal, visual.num_frames, self.temporal_patch_size)  # (E, T)
 
-    def _seg_prompts(self, tokens: TokenizedPrompts, suffix_hidden: list[torch.Tensor]) -> SegPrompts:
+    def _seg_prompts(
+        self, tokens: TokenizedPrompts, suffix_hidden: list[torch.Tensor], expressions: Sequence[str]
+    ) -> SegPrompts:
+        """The SAM2 prompts of the expressions' ``[SEG]`` (or ``<SEG>``/``<TAK>``) states, plus with
+        ``mllm.text_prompt`` each expression's ``TextPrompt`` (added to the prompt SAM2 decodes)."""
         pairs = list(zip(tokens.suffix_ids, suffix_hidden, strict=True))
         if self.config.tda.enabled:
             frame_states = torch.stack(
@@ -532,6 +540,9 @@ class SegMLLM(nn.Module):
             result = SegPrompts(prompts=self.seg_proj(self._seg_input(seg_states)))
         if self.decoupler is not None:
             result.text_prompts, result.visual_prompts = self.decoupler(self._seg_input(seg_states))
+        if self.text_prompt is not None:
+            embeddings = torch.stack([self._expression_embedding(e) for e in expressions])
+            result.prompts = result.prompts + self.text_prompt(embeddings.to(result.prompts.dtype))
         return result
 
     # ------------------------------------------------------------------ inference API
@@ -567,7 +578,7 @@ class SegMLLM(nn.Module):
         ]
         tokens = self._tokenize(conversations, visual)
         _, suffix_hidden = self.hidden_states_shared(tokens, visual)
-        return self._seg_prompts(tokens, suffix_hidden)
+        return self._seg_prompts(tokens, suffix_hidden, expressions)
 
     # ------------------------------------------------------------------ training
     def _lm_targets(
@@ -612,7 +623,7 @@ class SegMLLM(nn.Module):
                 MLLMTrainOutputs(
                     lm_logits=logits,
                     lm_labels=labels,
-                    seg=self._seg_prompts(tokens, suffixes),
+                    seg=self._seg_prompts(tokens, suffixes, [sample.expression]),
                     text_reference=self._expression_embedding(sample.expression),
                     visual_reference=image_states.mean(0),
                 )
