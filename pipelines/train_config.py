@@ -33,6 +33,8 @@ class SourceConfig:
     annotation file); ``split``: for revos/refytvos. ``videos_uri``: a folder of ``<video_id><video_ext>``
     files decoded with decord; required for TSG sources, optional for RefVOS sources (without it their
     JPEG frame folders are read). ``weight``: relative probability that a sample comes from this source.
+    ``kinds``: a RefVOS source's expressions of these kinds only (``Expression.kind``, e.g. the synthetic
+    corpus' ``static``; a curriculum stage), every expression when unset.
     """
 
     format: str = "mevis"
@@ -41,6 +43,7 @@ class SourceConfig:
     videos_uri: str | None = None
     video_ext: str = ".mp4"
     weight: float = 1.0
+    kinds: list[str] | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,6 +51,9 @@ class SourceConfig:
             raise ValueError(f"format must be one of {list(REFVOS_FORMATS + TSG_FORMATS)}, got '{self.format}'")
         if self.weight <= 0:
             raise ValueError(f"weight must be > 0, got {self.weight}")
+        if self.kinds is not None and (self.task != "refvos" or not self.kinds):
+            raise ValueError(f"kinds selects a RefVOS source's expressions: a non-empty list, got {self.kinds} "
+                             f"for a {self.format} source")
 
     @property
     def task(self) -> str:

@@ -135,13 +135,16 @@ def _read_source(name: str, source: SourceConfig, objective: str) -> SourceCatal
     else:
         videos = {vid: v for vid, v in dataset.videos.items() if v.tracks}
         items = (_object_items(videos) if objective == "sam2_tracking" else
-                 [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions if e.obj_ids])
+                 [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions
+                  if e.obj_ids and (source.kinds is None or e.kind in source.kinds)])
         video_ids = [item.video_id for item in items]
         for video_id in sorted(set(video_ids)):
             if source.videos_uri is None and videos[video_id].frames_uri is None:
                 raise ConfigError(f"sources.{name}: video {video_id!r} has no frame folder; set videos_uri")
     if not items:
         what = "moments" if source.task == "tsg" else "expressions with target masks"
+        if source.kinds is not None:
+            what += f" of kinds {source.kinds}"
         raise ConfigError(f"sources.{name}: {redact(source.uri)} holds no {what}")
     if source.videos_uri is not None:
         _check_videos(name, source, video_ids)

@@ -81,6 +81,15 @@ def test_catalog_names_missing_locations_and_videos(corpus: Path, tmp_path: Path
     assert with_target < sum(len(video["expressions"]) for video in truth)  # no-target expressions are left out
     assert catalog.summary() == {"procedural_refvos": with_target, "procedural_tsg": moments}
     assert catalog.weights.tolist() == [0.5, 0.5]
+    # a curriculum stage: the static expressions only
+    static = sum(1 for video in truth for e in video["expressions"] if e["obj_ids"] and e["kind"] == "static")
+    assert 0 < static < with_target
+    assert read_catalog(tiny_config(corpus, "sources.procedural_refvos.kinds=[static]")).summary() == {
+        "procedural_refvos": static, "procedural_tsg": moments}
+    with pytest.raises(ConfigError, match=r"procedural_refvos: .* holds no expressions with target masks of kinds"):
+        read_catalog(tiny_config(corpus, "sources.procedural_refvos.kinds=[juggling]"))
+    with pytest.raises(ConfigError, match="kinds selects a RefVOS source's expressions"):
+        read_catalog(tiny_config(corpus, "sources.procedural_tsg.kinds=[static]"))
 
 
 def test_fitted_size_keeps_the_aspect_within_the_box_and_never_enlarges() -> None:
