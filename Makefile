@@ -20,12 +20,13 @@ bench: env
 
 # The shipped procedural model from nothing: training corpus, SAM2 tracking stage, joint stage, release with
 # training record, loss curves, held-out evaluation and model card (models/procedural/). 45 min budget on 2 cores.
-MODEL_STAGES = configs/train/procedural_sam2.yaml configs/train/procedural_joint.yaml
+MODEL_STAGES = configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
 model: env
 	$(eval STARTED := $(shell date +%s))
 	rm -rf data/procedural_train runs/procedural
 	.venv/bin/vrseg synth --config configs/synth/procedural_train.yaml --out data/procedural_train
 	.venv/bin/vrseg train --config configs/train/procedural_sam2.yaml
+	.venv/bin/vrseg train --config configs/train/procedural_refer.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_joint.yaml
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED)
 	.venv/bin/python benches/evidence.py --config configs/label/default.yaml | tee runs/procedural/evaluation.txt
