@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -410,3 +411,20 @@ def test_bad_frames_and_masks_are_named(bridge: Sam2Bridge) -> None:
         session.add_mask("x", 9, masks[0, 0])
     with pytest.raises(ValueError, match="num_frames is required"):
         Sam2VideoSession(bridge, lambda i: frames[i])
+
+
+def test_one_mask_per_prompt_turns_off_dynamic_multimask() -> None:
+    """A decoder trained with one mask per prompt has untrained multimask tokens: eval mode must not swap an
+    unstable mask for one of them (the video predictor's dynamic multimask via stability), and its decoded
+    masks are the same in eval and train mode; the published configs keep the predictor's setting."""
+    tiny = load_config(ModelConfig, "configs/model/tiny.yaml").sam2
+    assert build_sam2(tiny).sam.sam_mask_decoder.dynamic_multimask_via_stability
+    one = [*tiny.overrides, "model.multimask_output_in_sam=false", "model.multimask_output_for_tracking=false"]
+    bridge = build_sam2(dataclasses.replace(tiny, overrides=one))
+    assert not bridge.sam.sam_mask_decoder.dynamic_multimask_via_stability
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    prompts = torch.randn(2, bridge.prompt_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        evaluated = bridge.eval().decode_masks(frames, prompts)
+        trained = bridge.train().decode_masks(frames, prompts)
+    torch.testing.assert_close(evaluated.ious, trained.ious)  # the same mask chosen (eval mode also gates it)

@@ -172,6 +172,12 @@ def _compose_model_config(config: Sam2Config) -> OmegaConf:
             f"sam2 config '{config.config_name}' with overrides {list(config.overrides)}: {exc}"
         ) from None
     OmegaConf.resolve(cfg)
+    model = cfg.model
+    if not model.get("multimask_output_in_sam", False) and not model.get("multimask_output_for_tracking", False):
+        # One mask per prompt: the decoder's three multimask tokens are never trained, and in eval mode dynamic
+        # multimask via stability swaps an unstable single mask for the best of them. On the procedural model,
+        # trained from scratch with one mask, that turned held-out key-frame IoU 0.33 into 0.04.
+        model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability = False
     return cfg
 
 
