@@ -20,7 +20,8 @@ Exported model directory (``export_model``), openable by transformers and peft::
     adapter/             PEFT adapter (LoRA + the added token rows), ``PeftModel.from_pretrained(backbone, adapter)``;
                          its ``base_model_name_or_path`` is ``backbone/``'s URI; absent after full-parameter
                          training (the backbone holds the trained weights)
-    heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``seg_norm.*``, ``location_map.*``, ``decoupler.*``)
+    heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``seg_norm.*``, ``location_map.*``, ``text_prompt.*``,
+                         ``decoupler.*``)
     sam2.safetensors     the whole SAM2 (package key names)
     model.yaml           the ModelConfig, weight locations relative to the directory (``read_model_config``
                          resolves them, for ``load_exported`` and for ``model.config=.../model.yaml``)
