@@ -67,7 +67,7 @@ def test_the_loss_targets_each_cells_covered_fraction() -> None:
     assert location_map_loss(right, targets) < location_map_loss(wrong, targets) - 1.0
 
 
-def test_the_map_is_samsdense_prompt_and_trains_with_the_mask_prompt_downscaling() -> None:
+def test_the_map_is_sams_dense_prompt_and_trains_with_the_mask_prompt_downscaling() -> None:
     model = build_model(load_config(ModelConfig, TINY_YAML, LOCATED))
     assert "location_map" not in build_model(load_config(ModelConfig, TINY_YAML)).mllm.heads()
     assert any(k.startswith(LOCATION_MAP_PREFIX) for k in model.mllm.heads().state_dict())

@@ -49,6 +49,10 @@ def test_training_reaches_the_projection_and_the_words_embeddings() -> None:
     parts = model.forward_train([TrainSample("the red circle", lowres, key_frames=frames, masks=masks)])
     (parts["mask_bce"] + parts["mask_dice"]).backward()
     assert model.mllm.text_prompt.proj.weight.grad.abs().sum() > 0
+    # the text part alone reaches exactly the rows of the expression's words
+    embeddings = model.mllm.hf_model.get_input_embeddings().weight
+    embeddings.grad = None
+    model.mllm.text_prompt(model.mllm._expression_embedding("the red circle")[None]).sum().backward()
     ids = model.mllm.processor.tokenizer("the red circle", add_special_tokens=False).input_ids
-    grad = model.mllm.hf_model.get_input_embeddings().weight.grad
-    assert grad[ids].abs().sum(dim=1).min() > 0
+    touched = embeddings.grad.abs().sum(dim=1) > 0
+    assert touched[ids].all() and int(touched.sum()) == len(set(ids))
