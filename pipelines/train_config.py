@@ -34,7 +34,10 @@ class SourceConfig:
     files decoded with decord; required for TSG sources, optional for RefVOS sources (without it their
     JPEG frame folders are read). ``weight``: relative probability that a sample comes from this source.
     ``kinds``: a RefVOS source's expressions of these kinds only (``Expression.kind``, e.g. the synthetic
-    corpus' ``static``; a curriculum stage), every expression when unset.
+    corpus' ``static``; a curriculum stage), every expression when unset. ``no_target``: keep a RefVOS
+    source's expressions that name no object (MeViS' no-target expressions): their key frames are a random
+    window, their masks empty, so the mask losses push every pixel out and ``mask_object`` teaches SAM2's
+    presence head "absent" (without them it never sees an absent target at a prompted frame).
     """
 
     format: str = "mevis"
@@ -44,6 +47,7 @@ class SourceConfig:
     video_ext: str = ".mp4"
     weight: float = 1.0
     kinds: list[str] | None = None
+    no_target: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

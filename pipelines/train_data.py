@@ -136,13 +136,13 @@ def _read_source(name: str, source: SourceConfig, objective: str) -> SourceCatal
         videos = {vid: v for vid, v in dataset.videos.items() if v.tracks}
         items = (_object_items(videos) if objective == "sam2_tracking" else
                  [RefVOSItem(vid, e) for vid, v in videos.items() for e in v.expressions
-                  if e.obj_ids and (source.kinds is None or e.kind in source.kinds)])
+                  if (e.obj_ids or source.no_target) and (source.kinds is None or e.kind in source.kinds)])
         video_ids = [item.video_id for item in items]
         for video_id in sorted(set(video_ids)):
             if source.videos_uri is None and videos[video_id].frames_uri is None:
                 raise ConfigError(f"sources.{name}: video {video_id!r} has no frame folder; set videos_uri")
     if not items:
-        what = "moments" if source.task == "tsg" else "expressions with target masks"
+        what = "moments" if source.task == "tsg" else "expressions" if source.no_target else "expressions with target masks"
         if source.kinds is not None:
             what += f" of kinds {source.kinds}"
         raise ConfigError(f"sources.{name}: {redact(source.uri)} holds no {what}")
@@ -296,9 +296,9 @@ class SampleBuilder:
             present = self._present(source_index, item_index, source, item)
             if present.any() and self.objective == "sam2_tracking":
                 return self._clip(index, source, item, present, rng)
-            if present.any():
+            if present.any() or not item.expression.obj_ids:
                 return self._refvos(index, source, item, present, template, rng)
-        raise RuntimeError(f"sample {index}: no item with a visible target in {MAX_DRAWS} draws")
+        raise RuntimeError(f"sample {index}: no item with a visible target (or no-target expression) in {MAX_DRAWS} draws")
 
     def _present(self, source_index: int, item_index: int, source: SourceCatalog, item: RefVOSItem) -> np.ndarray:
         key = (source_index, item_index)
@@ -346,7 +346,8 @@ class SampleBuilder:
     def _refvos(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray, template: int,
                 rng: np.random.Generator) -> dict[str, Any]:
         record = source.videos[item.video_id]
-        window = keyframe_window(present, self.data.key_frames, rng)
+        # A no-target expression's window is anywhere (every frame "present" to keyframe_window); its masks are empty.
+        window = keyframe_window(present if item.expression.obj_ids else ~present, self.data.key_frames, rng)
         frames = self._frames(source, item.video_id)
         try:
             if frames.num_frames != record.num_frames:

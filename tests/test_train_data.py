@@ -78,16 +78,21 @@ def test_catalog_names_missing_locations_and_videos(corpus: Path, tmp_path: Path
     truth = _ground_truth(corpus).values()
     with_target = sum(1 for video in truth for e in video["expressions"] if e["obj_ids"])
     moments = sum(len(video["moments"]) for video in truth)
-    assert with_target < sum(len(video["expressions"]) for video in truth)  # no-target expressions are left out
-    assert catalog.summary() == {"procedural_refvos": with_target, "procedural_tsg": moments}
+    every = sum(len(video["expressions"]) for video in truth)
+    assert with_target < every
+    assert catalog.summary() == {"procedural_refvos": every, "procedural_tsg": moments}
+    assert read_catalog(tiny_config(corpus, "sources.procedural_refvos.no_target=false")).summary() == {
+        "procedural_refvos": with_target, "procedural_tsg": moments}
     assert catalog.weights.tolist() == [0.5, 0.5]
     # a curriculum stage: the static expressions only
     static = sum(1 for video in truth for e in video["expressions"] if e["obj_ids"] and e["kind"] == "static")
     assert 0 < static < with_target
     assert read_catalog(tiny_config(corpus, "sources.procedural_refvos.kinds=[static]")).summary() == {
         "procedural_refvos": static, "procedural_tsg": moments}
-    with pytest.raises(ConfigError, match=r"procedural_refvos: .* holds no expressions with target masks of kinds"):
+    with pytest.raises(ConfigError, match=r"procedural_refvos: .* holds no expressions of kinds"):
         read_catalog(tiny_config(corpus, "sources.procedural_refvos.kinds=[juggling]"))
+    with pytest.raises(ConfigError, match=r"procedural_refvos: .* holds no expressions with target masks of kinds"):
+        read_catalog(tiny_config(corpus, "sources.procedural_refvos.kinds=[no_target]", "sources.procedural_refvos.no_target=false"))
     with pytest.raises(ConfigError, match="kinds selects a RefVOS source's expressions"):
         read_catalog(tiny_config(corpus, "sources.procedural_tsg.kinds=[static]"))
 
@@ -133,8 +138,9 @@ def test_samples_decode_frames_masks_and_moment_labels(corpus: Path, ray_local: 
     catalog = read_catalog(config)
     builder = SampleBuilder([ray.put(catalog)], config.data, seed=3)
     truth = _ground_truth(corpus)
-    rows = [builder({"index": i}) for i in range(12)]
+    rows = [builder({"index": i}) for i in range(24)]
     assert {r["task"] for r in rows} == {"refvos", "tsg"}
+    no_target = 0
     for row in rows:
         assert row["lowres"].shape == (8, 24, 32, 3) and row["key_frames"].shape == (2, 48, 64, 3)
         assert row["lowres"].mean() > 10  # decoded pixels, not the zero placeholder
@@ -142,6 +148,10 @@ def test_samples_decode_frames_masks_and_moment_labels(corpus: Path, ray_local: 
             # key frames at the corpus' native 48x64: the pixels under the mask show the target's colour
             video = truth[row["video_id"]]
             expression = next(e for e in video["expressions"] if e["text"] == row["expression"])
+            if not expression["obj_ids"]:  # a no-target expression: empty masks on the frames of its video
+                no_target += 1
+                assert row["masks"].shape == (2, 48, 64) and not row["masks"].any()
+                continue
             targets = [COLOURS[o["colour"]] for o in video["objects"] if o["obj_id"] in expression["obj_ids"]]
             pixels = row["key_frames"][row["masks"] == 1].astype(float)  # (P, 3)
             assert len(pixels) > 0
@@ -154,6 +164,7 @@ def test_samples_decode_frames_masks_and_moment_labels(corpus: Path, ray_local: 
             first, last = moment["frames"]  # the moment spans frames first..last inclusive
             expected = [int(first <= i <= last) for i in lowres_indices(16, 8)]
             assert row["frame_labels"].tolist() == expected
+    assert 0 < no_target < len(rows)
     again = SampleBuilder([ray.put(catalog)], config.data, seed=3)({"index": 5})
     assert again["expression"] == rows[5]["expression"] and np.array_equal(again["masks"], rows[5]["masks"])
 
