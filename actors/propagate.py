@@ -48,7 +48,7 @@ def load_sam2(config: ModelConfig) -> tuple[Sam2Bridge, LocationMap | None]:
         return network.sam2, network.mllm.location_map
     sam2 = build_sam2(config.sam2, config.mllm.storage_options)
     if config.sam2_decoder_uri is not None:
-        load_sam2_decoder(sam2.sam, config.sam2_decoder_uri, config.mllm.storage_options)
+        load_sam2_decoder(sam2, config.sam2_decoder_uri, config.mllm.storage_options)
     return sam2.eval(), load_location_map(config, sam2.feature_channels, sam2.prompt_dim)
 
 

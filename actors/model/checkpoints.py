@@ -23,6 +23,9 @@ Exported model directory (``export_model``), openable by transformers and peft::
     heads.safetensors    ``seg_proj.*``, ``find_head.*`` (+ ``seg_norm.*``, ``location_map.*``, ``text_prompt.*``,
                          ``decoupler.*``)
     sam2.safetensors     the whole SAM2 (package key names)
+    sam2_decoder.safetensors   with ``sam2.prompt_heads: separate``: the language-prompted path's own mask
+                         decoder (``sam_mask_decoder.*``, + ``sam_prompt_encoder.mask_downscaling.*``); the
+                         tracker's are in ``sam2.safetensors``
     model.yaml           the ModelConfig, weight locations relative to the directory (``read_model_config``
                          resolves them, for ``load_exported`` and for ``model.config=.../model.yaml``)
 """
@@ -56,7 +59,7 @@ from transformers import (
 from actors.config import to_plain
 from actors.model.config import SCRATCH_BACKBONE, TINY_BACKBONE, ModelConfig, ScratchConfig, read_model_config
 from actors.model.heads import LocationMap, build_location_map
-from actors.model.sam2_bridge import CheckpointError, build_sam2, read_state_dict
+from actors.model.sam2_bridge import CheckpointError, Sam2Bridge, build_sam2, read_state_dict
 from actors.model.scratch_backbone import build_scratch_backbone
 from actors.model.segmllm import SegMLLM, SegModel
 from actors.uri import filesystem_for, is_relative, join, protocol_of
@@ -435,22 +438,24 @@ def _build_model(config: ModelConfig) -> SegModel:
     if mllm_config.heads_uri is not None:
         _load_exact(mllm.heads(), read_tensors(mllm_config.heads_uri, options), mllm_config.heads_uri)
     if config.sam2_decoder_uri is not None:
-        load_sam2_decoder(sam2.sam, config.sam2_decoder_uri, options)
+        load_sam2_decoder(sam2, config.sam2_decoder_uri, options)
     return SegModel(mllm, sam2, config.losses).eval()
 
 
 def load_sam2_decoder(
-    sam: torch.nn.Module, uri: str, storage_options: Mapping[str, Any] | None = None
+    sam2: Sam2Bridge, uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    """Mask-decoder weights (``sam_mask_decoder.*`` keys) into a ``SAM2Base``, and the mask-prompt
-    downscaling (``sam_prompt_encoder.mask_downscaling.*``) when the file has it (a model trained with
-    ``mllm.location_map`` trains both)."""
+    """Mask-decoder weights (``sam_mask_decoder.*`` keys) into the bridge's language-prompted path, and the
+    mask-prompt downscaling (``sam_prompt_encoder.mask_downscaling.*``) when the file has it (a model trained
+    with ``mllm.location_map`` trains both). With ``sam2.prompt_heads: separate`` they go into the prompt
+    heads' copies (made first from SAM2's own), else into SAM2's own."""
     state = read_tensors(uri, storage_options)
     wrong = sorted(k for k in state if not k.startswith((SAM2_DECODER_PREFIX, SAM2_MASK_PROMPT_PREFIX)))
     if wrong:
         raise CheckpointError(f"{uri}: not mask-decoder keys: {wrong}")
-    for prefix, module in ((SAM2_DECODER_PREFIX, sam.sam_mask_decoder),
-                           (SAM2_MASK_PROMPT_PREFIX, sam.sam_prompt_encoder.mask_downscaling)):
+    sam2.separate_prompt_heads()
+    for prefix, module in ((SAM2_DECODER_PREFIX, sam2.mask_decoder),
+                           (SAM2_MASK_PROMPT_PREFIX, sam2.prompt_encoder.mask_downscaling)):
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if part or prefix == SAM2_DECODER_PREFIX:
             _load_exact(module, part, uri)
@@ -521,10 +526,10 @@ def save_trainable(
         if "heads" in parts:
             _save_tensors(model.mllm.heads().state_dict(), directory / HEADS_FILE)
         if "sam2_decoder" in parts:
-            sam = model.sam2.sam
-            tensors = {SAM2_DECODER_PREFIX + k: v for k, v in sam.sam_mask_decoder.state_dict().items()}
+            sam2 = model.sam2
+            tensors = {SAM2_DECODER_PREFIX + k: v for k, v in sam2.mask_decoder.state_dict().items()}
             if model.mllm.location_map is not None:
-                downscaling = sam.sam_prompt_encoder.mask_downscaling.state_dict()
+                downscaling = sam2.prompt_encoder.mask_downscaling.state_dict()
                 tensors.update({SAM2_MASK_PROMPT_PREFIX + k: v for k, v in downscaling.items()})
             _save_tensors(tensors, directory / SAM2_DECODER_FILE)
         if "mllm" in parts:
@@ -548,7 +553,7 @@ def load_trainable(
         if "heads" in parts:
             _load_exact(model.mllm.heads(), read_tensors(str(directory / HEADS_FILE)), f"{uri}/{HEADS_FILE}")
         if "sam2_decoder" in parts:
-            load_sam2_decoder(model.sam2.sam, str(directory / SAM2_DECODER_FILE))
+            load_sam2_decoder(model.sam2, str(directory / SAM2_DECODER_FILE))
         if "mllm" in parts:
             _load_exact(model.mllm.hf_model, read_tensors(str(directory / MLLM_FILE)), f"{uri}/{MLLM_FILE}",
                         optional=_tied_keys(model.mllm.hf_model))
@@ -593,9 +598,11 @@ def export_model(
     backbone's own weights (trained ones after full-parameter training), the PEFT adapter when there is
     one, the heads and the whole SAM2 as it is now (its trained mask decoder included)."""
     peft = isinstance(model.mllm.qwen, PeftModel)
+    separate = model.sam2.prompt_heads is not None  # the prompted path's own decoder beside SAM2's
+    parts = ("adapter", "heads", "sam2") if peft else ("heads", "sam2")
     backbone_uri = join(os.path.abspath(uri) if is_relative(uri) else uri, "backbone")
     with _adapter_base(model, backbone_uri):
-        save_trainable(model, uri, ("adapter", "heads", "sam2") if peft else ("heads", "sam2"), storage_options)
+        save_trainable(model, uri, (*parts, "sam2_decoder") if separate else parts, storage_options)
     with _writable_directory(uri, storage_options) as directory:
         backbone = directory / "backbone"
         model.mllm.hf_model.save_pretrained(
@@ -611,5 +618,5 @@ def export_model(
             storage_options={},
         )
         plain["sam2"]["checkpoint"] = SAM2_FILE
-        plain["sam2_decoder_uri"] = None
+        plain["sam2_decoder_uri"] = SAM2_DECODER_FILE if separate else None
         OmegaConf.save(OmegaConf.create(plain), directory / MODEL_YAML)

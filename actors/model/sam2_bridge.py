@@ -23,6 +23,7 @@ Choices written down:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import pickle
@@ -65,6 +66,9 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 SAM2_CONFIG_ROOT = Path(sam2.__file__).parent
 
 
+PROMPT_HEADS = ("shared", "separate")
+
+
 class CheckpointError(ValueError):
     """A SAM2 checkpoint cannot be loaded; the message names the file and what is wrong."""
 
@@ -78,14 +82,25 @@ class Sam2Config:
     applied to it (a key that does not exist is an error; prefix ``++`` to add one). ``checkpoint`` is a
     ``.pt``/``.pth`` (tensors only) or ``.safetensors`` file, local or any fsspec URI; ``None`` keeps the
     seeded random initialisation (tiny configurations).
+
+    ``prompt_heads``: ``shared`` (Sa2VA) decodes language-prompted key frames with SAM2's own prompt encoder
+    and mask decoder, so training them on prompted frames also changes the tracker that decodes every
+    propagated frame. ``separate`` gives the prompted path its own copy of both
+    (``Sam2Bridge.separate_prompt_heads``): RefVOS training and ``sam2_decoder.safetensors`` own the copy,
+    the video session keeps SAM2's as its tracking objective trained it (the train/inference gap Sa2VA-i
+    names; on the procedural model, labeled static J 0.285 with the tracker's own decoder against 0.094 with
+    the prompt-trained one).
     """
 
     config_name: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
     overrides: list[str] = field(default_factory=list)
     checkpoint: str | None = None
     seed: int = 0
+    prompt_heads: str = "shared"
 
     def __post_init__(self) -> None:
+        if self.prompt_heads not in PROMPT_HEADS:
+            raise ValueError(f"sam2.prompt_heads must be one of {list(PROMPT_HEADS)}, got '{self.prompt_heads}'")
         if not (SAM2_CONFIG_ROOT / self.config_name).is_file():
             known = sorted(str(p.relative_to(SAM2_CONFIG_ROOT)) for p in SAM2_CONFIG_ROOT.glob("configs/*/*.yaml"))
             raise ValueError(f"sam2 config_name '{self.config_name}' is not in the sam2 package; known: {known}")
@@ -204,7 +219,7 @@ def build_sam2_model(config: Sam2Config, storage_options: Mapping | None = None)
 
 def build_sam2(config: Sam2Config, storage_options: Mapping | None = None) -> Sam2Bridge:
     """``Sam2Bridge`` around ``build_sam2_model(config, storage_options)``."""
-    return Sam2Bridge(build_sam2_model(config, storage_options)).eval()
+    return Sam2Bridge(build_sam2_model(config, storage_options), config.prompt_heads == "separate").eval()
 
 
 def read_state_dict(uri: str, storage_options: Mapping | None = None) -> dict[str, torch.Tensor]:
@@ -293,13 +308,39 @@ class Sam2Bridge(torch.nn.Module):
 
     ``state_dict`` keys are the SAM2 keys prefixed with ``sam.``; ``load_weights``/``save_weights`` on
     ``bridge.sam`` use the package's own key names (as in the official checkpoints).
+
+    ``prompt_encoder`` and ``mask_decoder`` are what ``decode_masks`` (language-prompted frames) runs: SAM2's
+    own, or with ``separate`` prompt heads, once ``separate_prompt_heads`` has run, copies of them under
+    ``prompt_heads`` (``Sam2Config.prompt_heads``). The video session always runs SAM2's own.
     """
 
-    def __init__(self, sam: SAM2Base) -> None:
+    def __init__(self, sam: SAM2Base, separate: bool = False) -> None:
         super().__init__()
         self.sam = sam
+        self.separate = separate
+        self.prompt_heads: torch.nn.ModuleDict | None = None
         self.register_buffer("_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def separate_prompt_heads(self) -> None:
+        """With ``separate`` prompt heads, copy SAM2's prompt encoder and mask decoder as they are now (once):
+        called before the prompted path is trained or loaded, so the copies start from the tracker's weights
+        (SAM2's checkpoint, e.g. the tracking stage's) and SAM2's own stay the tracker's. No-op when shared."""
+        if self.separate and self.prompt_heads is None:
+            self.prompt_heads = torch.nn.ModuleDict({
+                "sam_prompt_encoder": copy.deepcopy(self.sam.sam_prompt_encoder),
+                "sam_mask_decoder": copy.deepcopy(self.sam.sam_mask_decoder),
+            })
+
+    @property
+    def prompt_encoder(self) -> torch.nn.Module:
+        """The prompt encoder of language-prompted decoding (SAM2's own until ``separate_prompt_heads``)."""
+        return self.sam.sam_prompt_encoder if self.prompt_heads is None else self.prompt_heads["sam_prompt_encoder"]
+
+    @property
+    def mask_decoder(self) -> torch.nn.Module:
+        """The mask decoder of language-prompted decoding (SAM2's own until ``separate_prompt_heads``)."""
+        return self.sam.sam_mask_decoder if self.prompt_heads is None else self.prompt_heads["sam_mask_decoder"]
 
     @property
     def prompt_dim(self) -> int:
@@ -371,7 +412,7 @@ class Sam2Bridge(torch.nn.Module):
         batch = prompt_embeddings.shape[0]
         features = frames if isinstance(frames, ImageFeatures) else self.encode_images(frames)
         features = features.expand(batch)
-        sam = self.sam
+        sam, prompt_encoder = self.sam, self.prompt_encoder
         location_logits = None
         if dense_prompt is None and location_map is not None:
             location_logits = dense_prompt = location_map(features.maps(), prompt_embeddings)
@@ -390,10 +431,10 @@ class Sam2Bridge(torch.nn.Module):
                 dense_prompt = dense_prompt[:, None]
             if dense_prompt.ndim != 4 or dense_prompt.shape[:2] != (batch, 1):
                 raise ValueError(f"dense_prompt must be ({batch}, 1, h, w), got {tuple(dense_prompt.shape)}")
-            if dense_prompt.shape[-2:] != sam.sam_prompt_encoder.mask_input_size:
+            if dense_prompt.shape[-2:] != prompt_encoder.mask_input_size:
                 dense_prompt = F.interpolate(
                     dense_prompt.float(),
-                    size=sam.sam_prompt_encoder.mask_input_size,
+                    size=prompt_encoder.mask_input_size,
                     mode="bilinear",
                     align_corners=False,
                     antialias=True,
@@ -403,12 +444,12 @@ class Sam2Bridge(torch.nn.Module):
             torch.zeros(batch, 1, 2, device=pix_feat.device),
             -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device),
         )
-        sparse, dense = sam.sam_prompt_encoder(points=no_points, boxes=None, masks=dense_prompt)
+        sparse, dense = prompt_encoder(points=no_points, boxes=None, masks=dense_prompt)
         sparse = torch.cat([sparse, prompt_embeddings.to(sparse.dtype)], dim=1)
         multimask = sam._use_multimask(is_init_cond_frame=True, point_inputs=None)
-        low_res, ious, _, object_score_logits = sam.sam_mask_decoder(
+        low_res, ious, _, object_score_logits = self.mask_decoder(
             image_embeddings=pix_feat,
-            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            image_pe=prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,

@@ -650,7 +650,8 @@ class SegModel(nn.Module):
         ``heads`` (prompt alignment, as LLaVA's first stage trains only its projector): the whole MLLM frozen;
         the heads and the SAM2 mask decoder train. With ``mllm.location_map`` SAM2's mask-prompt downscaling
         trains too in every mode (it turns the location map into the dense prompt; SAM2's tracking objective
-        never trains it, as the published configs output a mask prompt as the mask without decoding it)."""
+        never trains it, as the published configs output a mask prompt as the mask without decoding it). With
+        ``sam2.prompt_heads: separate`` these are the prompted path's own copies, SAM2's tracker stays frozen."""
         if mode not in TRAINING_MODES:
             raise ValueError(f"training mode must be one of {list(TRAINING_MODES)}, got '{mode}'")
         if mode == "lora" and not isinstance(self.mllm.qwen, PeftModel):
@@ -666,10 +667,11 @@ class SegModel(nn.Module):
             self.mllm.qwen.requires_grad_(True)
         if mode == "heads":
             self.mllm.qwen.requires_grad_(False)
+        self.sam2.separate_prompt_heads()
         self.sam2.requires_grad_(False)
-        self.sam2.sam.sam_mask_decoder.requires_grad_(True)
+        self.sam2.mask_decoder.requires_grad_(True)
         if self.mllm.location_map is not None:
-            self.sam2.sam.sam_prompt_encoder.mask_downscaling.requires_grad_(True)
+            self.sam2.prompt_encoder.mask_downscaling.requires_grad_(True)
         self.train()
 
     def _mask_losses(self, sample: TrainSample, prompts: torch.Tensor) -> tuple[torch.Tensor, ...]:
