@@ -27,7 +27,7 @@ from actors.model.segmllm import TrainSample
 from actors.propagate import load_sam2
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs/model/tiny.yaml"
-LOCATED = ["mllm.location_map.enabled=true"]
+LOCATED = ["mllm.location_map.enabled=true", "mllm.location_map.pixels=true"]
 
 
 def _frames(seed: int, count: int = 2) -> np.ndarray:
@@ -50,6 +50,23 @@ def test_the_score_is_the_keys_dot_the_prompt_on_the_chosen_levels_grid() -> Non
         assert torch.allclose(head(maps, torch.stack([first, second], 1)), head(maps, (first + second) / 2), atol=1e-5)
     with pytest.raises(ValueError, match="mllm.location_map.level must index SAM2's 3 feature levels"):
         LocationMap([8, 16, 32], 32, 16, level=3)
+
+
+def test_with_pixels_the_keys_read_each_cells_block_of_the_input_frame() -> None:
+    torch.manual_seed(0)
+    head = LocationMap([8, 16, 32], prompt_dim=32, hidden=16, level=0, pixels=True)  # stride 4: 16x16 of 64 px
+    maps = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    prompt, images = torch.randn(1, 32), torch.randn(1, 3, 64, 64)
+    changed = images.clone()
+    changed[..., 60:, 60:] += 1.0  # inside the bottom-right cell only
+    with torch.no_grad():
+        out, moved = head(maps, prompt, images), head(maps, prompt, changed)
+    assert out.shape == (1, 1, 16, 16)
+    # the 3x3, 3x3 key network sees 2 cells around a cell: only the bottom-right 3x3 cells move
+    differs = (out - moved).abs()[0, 0] > 1e-6
+    assert differs[13:, 13:].all() and not differs[:13].any() and not differs[:, :13].any()
+    with pytest.raises(ValueError, match=r"pixels needs SAM2's input images of 64 px for its \(16, 16\) grid, got None"):
+        head(maps, prompt)
 
 
 def test_the_loss_targets_each_cells_covered_fraction() -> None:

@@ -118,11 +118,14 @@ class SegNormConfig:
 class LocationMapConfig:
     """The dense SAM2 prompt grounded by the ``[SEG]`` prompt (``actors.model.heads.LocationMap``): for
     training from scratch, off for pretrained models. ``level``: the SAM2 feature level whose grid the map
-    has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width."""
+    has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width;
+    ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
+    channels (space-to-depth)."""
 
     enabled: bool = False
     level: int = 1
     hidden: int = 64
+    pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.level < 0 or self.hidden < 1:

@@ -263,20 +263,28 @@ class LocationMap(nn.Module):
     re-prompting uses, so the decoder refines a located object instead of having to find it.
 
     What: every level of SAM2's feature pyramid resized (bilinear) to the grid of level ``level`` and
-    concatenated, a small convolutional key network (3x3, GELU, 3x3, GELU, 1x1 to ``prompt_dim``), then per
-    grid cell ``<key(x, y), p> / sqrt(prompt_dim) + b`` for the prompt ``p`` (the mean of its tokens when
-    there are several). Returns (B, 1, h, w) logits; ``losses.mask_location`` trains them towards the
-    target's area fraction per cell (``location_map_loss``).
+    concatenated, with ``pixels`` also the normalised input frame space-to-depth to that grid (``pixel_unshuffle``:
+    the 3 x r x r pixels of each cell as channels, r = the level's stride 4 * 2^level), a small convolutional
+    key network (3x3, GELU, 3x3, GELU, 1x1 to ``prompt_dim``), then per grid cell
+    ``<key(x, y), p> / sqrt(prompt_dim) + b`` for the prompt ``p`` (the mean of its tokens when there are
+    several). Returns (B, 1, h, w) logits; ``losses.mask_location`` trains them towards the target's area
+    fraction per cell (``location_map_loss``).
+
+    Why pixels: SAM2's features from its tracking stage carry colour weakly. Probed with oracle prompts (learned
+    colour and shape embeddings) on 300 procedural training videos at stride 4, the map's held-out IoU after
+    800 steps of 8 frames was 0.62 from the pixels alone against 0.57 from the features (0.42 with 48 videos).
     """
 
-    def __init__(self, feature_channels: list[int], prompt_dim: int, hidden: int, level: int) -> None:
+    def __init__(self, feature_channels: list[int], prompt_dim: int, hidden: int, level: int,
+                 pixels: bool = False) -> None:
         super().__init__()
         if not 0 <= level < len(feature_channels):
             raise ValueError(f"mllm.location_map.level must index SAM2's {len(feature_channels)} feature levels, "
                              f"got {level}")
         self.level = level
+        self.pixel_stride = 4 * 2**level if pixels else 0
         self.key = nn.Sequential(
-            nn.Conv2d(sum(feature_channels), hidden, 3, padding=1),
+            nn.Conv2d(sum(feature_channels) + 3 * self.pixel_stride**2, hidden, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(hidden, hidden, 3, padding=1),
             nn.GELU(),
@@ -284,14 +292,20 @@ class LocationMap(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, feature_maps: list[torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
-        """feature_maps: SAM2's levels as (B, C_i, H_i, W_i); prompts (B, D) or (B, N, D) -> (B, 1, h, w)."""
+    def forward(self, feature_maps: list[torch.Tensor], prompts: torch.Tensor,
+                images: torch.Tensor | None = None) -> torch.Tensor:
+        """feature_maps: SAM2's levels as (B, C_i, H_i, W_i); prompts (B, D) or (B, N, D); images (B, 3, S, S)
+        SAM2's normalised input (read with ``pixels``) -> (B, 1, h, w)."""
         size = feature_maps[self.level].shape[-2:]
-        stacked = torch.cat(
-            [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-             for m in feature_maps],
-            dim=1,
-        )
+        levels = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                  for m in feature_maps]
+        if self.pixel_stride:
+            if images is None or tuple(images.shape[-2:]) != (size[0] * self.pixel_stride, size[1] * self.pixel_stride):
+                raise ValueError(f"mllm.location_map.pixels needs SAM2's input images of {size[0] * self.pixel_stride} "
+                                 f"px for its {tuple(size)} grid, got "
+                                 f"{None if images is None else tuple(images.shape)}")
+            levels.append(F.pixel_unshuffle(images.to(levels[0].dtype), self.pixel_stride))
+        stacked = torch.cat(levels, dim=1)
         keys = self.key(stacked.to(self.bias.dtype))  # (B, D, h, w)
         query = prompts.mean(dim=1) if prompts.ndim == 3 else prompts
         scores = torch.einsum("bdhw,bd->bhw", keys, query.to(keys.dtype)) / keys.shape[1] ** 0.5
@@ -310,4 +324,4 @@ def build_location_map(
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(LOCATION_MAP_SEED)
-        return LocationMap(feature_channels, prompt_dim, config.hidden, config.level).to(dtype)
+        return LocationMap(feature_channels, prompt_dim, config.hidden, config.level, config.pixels).to(dtype)

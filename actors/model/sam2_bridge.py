@@ -111,13 +111,15 @@ class ImageFeatures:
     """SAM2 backbone features of a batch of frames, flattened the way ``SAM2Base`` consumes them.
 
     ``vision_feats[i]`` / ``vision_pos[i]`` are (H_i*W_i, B, C_i) for each feature level (high-res first),
-    ``feat_sizes[i]`` is (H_i, W_i); ``frame_size`` is the (height, width) of the original frames.
+    ``feat_sizes[i]`` is (H_i, W_i); ``frame_size`` is the (height, width) of the original frames;
+    ``images`` the (B, 3, S, S) normalised input the encoder read (``LocationMap`` with ``pixels`` reads it).
     """
 
     vision_feats: list[torch.Tensor]
     vision_pos: list[torch.Tensor]
     feat_sizes: list[tuple[int, int]]
     frame_size: tuple[int, int]
+    images: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -133,6 +135,7 @@ class ImageFeatures:
             self,
             vision_feats=[x.expand(-1, batch_size, -1) for x in self.vision_feats],
             vision_pos=[x.expand(-1, batch_size, -1) for x in self.vision_pos],
+            images=None if self.images is None else self.images.expand(batch_size, -1, -1, -1),
         )
 
     def maps(self) -> list[torch.Tensor]:
@@ -385,7 +388,7 @@ class Sam2Bridge(torch.nn.Module):
         images, frame_size = self.preprocess(frames)
         backbone_out = self.sam.forward_image(images)
         _, vision_feats, vision_pos, feat_sizes = self.sam._prepare_backbone_features(backbone_out)
-        return ImageFeatures(vision_feats, vision_pos, [tuple(s) for s in feat_sizes], frame_size)
+        return ImageFeatures(vision_feats, vision_pos, [tuple(s) for s in feat_sizes], frame_size, images)
 
     def decode_masks(
         self,
@@ -415,7 +418,7 @@ class Sam2Bridge(torch.nn.Module):
         sam, prompt_encoder = self.sam, self.prompt_encoder
         location_logits = None
         if dense_prompt is None and location_map is not None:
-            location_logits = dense_prompt = location_map(features.maps(), prompt_embeddings)
+            location_logits = dense_prompt = location_map(features.maps(), prompt_embeddings, features.images)
         # First-frame conditioning: no memory (adds ``no_mem_embed`` with the published configs). (B, C, h, w)
         pix_feat = sam._prepare_memory_conditioned_features(
             frame_idx=0,
