@@ -23,8 +23,9 @@ bench: env
 MODEL_STAGES = configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
 model: env
 	$(eval STARTED := $(shell date +%s))
-	rm -rf data/procedural_train runs/procedural
+	rm -rf data/procedural_train data/procedural_refer runs/procedural
 	.venv/bin/vrseg synth --config configs/synth/procedural_train.yaml --out data/procedural_train
+	.venv/bin/vrseg synth --config configs/synth/procedural_refer.yaml --out data/procedural_refer
 	.venv/bin/vrseg train --config configs/train/procedural_sam2.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_refer.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_joint.yaml
