@@ -113,6 +113,18 @@ def test_the_map_is_sams_dense_prompt_and_trains_with_the_mask_prompt_downscalin
     assert sam.sam_prompt_encoder.mask_downscaling[0].weight.grad.abs().sum() > 0
 
 
+def test_a_residual_map_is_also_added_to_the_decoders_logits() -> None:
+    model = build_model(load_config(ModelConfig, TINY_YAML, [*LOCATED, "mllm.location_map.residual=true"])).train()
+    frames, prompts = _frames(4), torch.randn(2, model.sam2.prompt_dim)
+    with torch.no_grad():  # train mode: no object-score gate
+        grounded = model.sam2.decode_masks(frames, prompts, location_map=model.mllm.location_map)
+        given = model.sam2.decode_masks(frames, prompts, dense_prompt=grounded.location_logits)
+    added = torch.nn.functional.interpolate(grounded.location_logits, size=given.low_res_logits.shape[-2:],
+                                            mode="bilinear", align_corners=False)
+    assert added.abs().max() > 0.1
+    assert torch.allclose(grounded.low_res_logits, given.low_res_logits + added, atol=1e-5)
+
+
 def test_checkpoints_export_and_the_propagator_carry_the_same_head(tmp_path: Path) -> None:
     config = load_config(ModelConfig, TINY_YAML, LOCATED)
     model = build_model(config)

@@ -120,12 +120,14 @@ class LocationMapConfig:
     training from scratch, off for pretrained models. ``level``: the SAM2 feature level whose grid the map
     has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width;
     ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
-    channels (space-to-depth)."""
+    channels (space-to-depth); ``residual``: the map is also added to SAM2's low-resolution mask logits, so the
+    decoder refines it instead of having to learn to read it from the dense prompt."""
 
     enabled: bool = False
     level: int = 1
     hidden: int = 64
     pixels: bool = False
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.level < 0 or self.hidden < 1:

@@ -402,7 +402,8 @@ class Sam2Bridge(torch.nn.Module):
         ``frames`` are uint8 (B, H, W, 3) frames or their ``ImageFeatures``; one frame is shared by all
         prompts. ``dense_prompt`` (B, 1, h, w) mask logits (e.g. a previous ``low_res_logits``) are fed to the
         prompt encoder's mask input (DeSa2VA's mask re-prompt). Without one, ``location_map`` (the MLLM's
-        ``LocationMap``) makes it from the prompts and the frame's features. Differentiable w.r.t. the
+        ``LocationMap``) makes it from the prompts and the frame's features, and with its ``residual`` the map is
+        also added to the decoder's low-resolution logits (before SAM2's object-score gate). Differentiable w.r.t. the
         prompts and the SAM2 weights.
         """
         if prompt_embeddings.ndim == 2:
@@ -459,6 +460,9 @@ class Sam2Bridge(torch.nn.Module):
             repeat_image=False,
             high_res_features=features.high_res_maps(),
         )
+        if location_logits is not None and location_map is not None and location_map.residual:
+            low_res = low_res + F.interpolate(location_logits, size=low_res.shape[-2:], mode="bilinear",
+                                              align_corners=False).to(low_res.dtype)
         gate = object_score_logits if sam.pred_obj_scores and not sam.training else None
         low_res, best = select_mask(low_res, ious, gate)  # (B, 1, S/4, S/4)
         ious = ious.gather(1, best[:, None])[:, 0]
