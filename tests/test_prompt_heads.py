@@ -6,27 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
+from test_location_map import TINY_YAML, _frames
 
 from actors.config import load_config
-from actors.model.checkpoints import (
-    build_model,
-    export_model,
-    load_exported,
-    load_trainable,
-    save_trainable,
-)
+from actors.model.checkpoints import build_model, export_model, load_exported, load_trainable, save_trainable
 from actors.model.config import ModelConfig, read_model_config
 from actors.model.segmllm import TrainSample
 from actors.propagate import load_sam2
 
-TINY_YAML = Path(__file__).resolve().parents[1] / "configs/model/tiny.yaml"
 SEPARATE = ["mllm.location_map.enabled=true", "sam2.prompt_heads=separate"]
-
-
-def _frames(seed: int, count: int = 2) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (count, 112, 112, 3), dtype=np.uint8)
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
