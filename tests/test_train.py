@@ -116,8 +116,10 @@ def test_overfit_to_s3_resumed_run_repeats_the_uninterrupted_run_and_exports(cor
     dropout noise."""
 
     def config(storage: str):  # noqa: ANN202 - TrainConfig
+        # a pool of 4 expressions with targets (no-target samples have their own test in test_train_data)
         run = tiny_config(corpus, "data.fixed_pool=4", "optim.warmup_steps=0", "checkpoint_every=3",
-                          "keep_checkpoints=3", "max_steps=12", f"storage_path={s3.uri(storage)}")
+                          "keep_checkpoints=3", "max_steps=12", f"storage_path={s3.uri(storage)}",
+                          "sources.procedural_refvos.no_target=false")
         run.model_overrides = ["mllm.lora.dropout=0.1"]
         run.storage_options = s3.storage_options
         return run
