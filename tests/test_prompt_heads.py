@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from test_location_map import TINY_YAML, _frames
 
@@ -36,6 +37,8 @@ def _train_step(model) -> None:
 
 
 def test_training_changes_the_prompted_copy_and_leaves_the_tracker_as_it_was() -> None:
+    with pytest.raises(ValueError, match=r"sam2.prompt_heads must be one of \['shared', 'separate'\], got 'both'"):
+        load_config(ModelConfig, TINY_YAML, ["sam2.prompt_heads=both"])
     shared = build_model(load_config(ModelConfig, TINY_YAML, SEPARATE[:1]))
     shared.enable_training("heads")
     assert shared.sam2.prompt_heads is None and shared.sam2.mask_decoder is shared.sam2.sam.sam_mask_decoder

@@ -596,7 +596,8 @@ def export_model(
 ) -> None:
     """Write the model directory described in the module docstring (the inverse of ``load_exported``): the
     backbone's own weights (trained ones after full-parameter training), the PEFT adapter when there is
-    one, the heads and the whole SAM2 as it is now (its trained mask decoder included)."""
+    one, the heads and the whole SAM2 as it is now (its trained mask decoder included; with ``separate``
+    prompt heads SAM2's own decoder is the tracker's and the prompted path's is ``sam2_decoder.safetensors``)."""
     peft = isinstance(model.mllm.qwen, PeftModel)
     separate = model.sam2.prompt_heads is not None  # the prompted path's own decoder beside SAM2's
     parts = ("adapter", "heads", "sam2") if peft else ("heads", "sam2")
