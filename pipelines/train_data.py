@@ -346,8 +346,9 @@ class SampleBuilder:
     def _refvos(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray, template: int,
                 rng: np.random.Generator) -> dict[str, Any]:
         record = source.videos[item.video_id]
-        # A no-target expression's window is anywhere (every frame "present" to keyframe_window); its masks are empty.
-        window = keyframe_window(present if item.expression.obj_ids else ~present, self.data.key_frames, rng)
+        # A no-target expression's window may sit anywhere in the video; its masks are empty.
+        anywhere = np.ones_like(present)
+        window = keyframe_window(present if item.expression.obj_ids else anywhere, self.data.key_frames, rng)
         frames = self._frames(source, item.video_id)
         try:
             if frames.num_frames != record.num_frames:
