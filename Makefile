@@ -18,14 +18,15 @@ test: env lint
 bench: env
 	for b in $(filter-out benches/evidence.py,$(wildcard benches/*.py)); do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
-# The shipped procedural model from nothing: training corpus, SAM2 tracking stage, joint stage, release with
+# The shipped procedural model from nothing: training corpora, SAM2 prompt and tracking stages, static and joint stages, release with
 # training record, loss curves, held-out evaluation and model card (models/procedural/). 45 min budget on 2 cores.
-MODEL_STAGES = configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
+MODEL_STAGES = configs/train/procedural_prompts.yaml configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
 model: env
 	$(eval STARTED := $(shell date +%s))
 	rm -rf data/procedural_train data/procedural_refer runs/procedural
 	.venv/bin/vrseg synth --config configs/synth/procedural_train.yaml --out data/procedural_train
 	.venv/bin/vrseg synth --config configs/synth/procedural_refer.yaml --out data/procedural_refer
+	.venv/bin/vrseg train --config configs/train/procedural_prompts.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_sam2.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_refer.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_joint.yaml

@@ -93,7 +93,8 @@ class SampleConfig:
 
     SAM2 tracking samples (``objective: sam2_tracking``): ``clip_frames`` consecutive frames at ``clip_size``
     (H, W) of one annotated object, with its masks; the prompt on the clip's first frame where the object is
-    visible is drawn from ``clip_prompts`` (relative weights of ``mask``, ``box``, ``points``).
+    visible is drawn from ``clip_prompts`` (relative weights of ``mask``, ``box``, ``points``; a YAML mapping is
+    merged into the default, so a kind it leaves out keeps its default weight).
     """
 
     lowres_frames: int = 8
@@ -123,6 +124,10 @@ class SampleConfig:
         if unknown or not self.clip_prompts or min(self.clip_prompts.values()) < 0 or sum(self.clip_prompts.values()) <= 0:
             raise ValueError(f"data.clip_prompts must weigh {list(PROMPT_KINDS)} with weights >= 0 and a positive "
                              f"sum, got {dict(self.clip_prompts)}")
+        if self.clip_frames == 1 and self.clip_prompts.get("mask", 0) > 0:
+            raise ValueError(f"data.clip_prompts gives mask prompts weight {self.clip_prompts['mask']} with "
+                             "data.clip_frames 1: SAM2 outputs a prompted mask as it is (use_mask_input_as_output_"
+                             "without_sam), so a one-frame clip with a mask prompt has no gradient; weigh mask 0")
         for name in ("lowres_size", "keyframe_size", "clip_size"):
             size = getattr(self, name)
             if len(size) != 2 or min(size) < 1:

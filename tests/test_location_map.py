@@ -69,6 +69,22 @@ def test_with_pixels_the_keys_read_each_cells_block_of_the_input_frame() -> None
         head(maps, prompt)
 
 
+def test_dilations_set_how_far_around_a_cell_the_keys_see() -> None:
+    torch.manual_seed(0)
+    head = LocationMap([8, 16, 32], prompt_dim=32, hidden=16, level=0, pixels=True, dilations=[1, 2, 4])
+    assert [m.dilation for m in head.key if isinstance(m, torch.nn.Conv2d)] == [(1, 1), (2, 2), (4, 4), (1, 1)]
+    maps = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    prompt, images = torch.randn(1, 32), torch.randn(1, 3, 64, 64)
+    changed = images.clone()
+    changed[..., 60:, 60:] += 1.0  # inside the bottom-right cell only
+    with torch.no_grad():
+        differs = (head(maps, prompt, images) - head(maps, prompt, changed)).abs()[0, 0] > 1e-6
+    # 1 + 2 + 4 = 7 cells of reach: exactly the bottom-right 8x8 cells move
+    assert differs[8:, 8:].all() and not differs[:8].any() and not differs[:, :8].any()
+    with pytest.raises(ValueError, match=r"dilations must be a non-empty list of integers >= 1, got \[1, 0\]"):
+        load_config(ModelConfig, TINY_YAML, [*LOCATED, "mllm.location_map.dilations=[1,0]"])
+
+
 def test_the_loss_targets_each_cells_covered_fraction() -> None:
     targets = torch.zeros(1, 8, 8)
     targets[0, :4, :2] = 1  # covers half of the top-left 4x4 cell of a 2x2 grid

@@ -188,3 +188,13 @@ def test_joint_3b_follows_momentseg_appendix_b2():
     assert (config.data.key_frames, config.data.lowres_frames) == (5, 50)
     assert sorted(s.format for s in config.sources.values()) == [
         "activitynet", "charades-sta", "mevis", "refytvos", "revos"]
+
+
+def test_clip_prompts_merge_into_the_default_and_one_frame_mask_prompts_are_refused() -> None:
+    from pipelines.train_config import SampleConfig
+
+    with pytest.raises(ValueError, match=r"data.clip_prompts must weigh \['mask', 'box', 'points'\]"):
+        SampleConfig(clip_prompts={"click": 1.0})
+    with pytest.raises(ValueError, match=r"mask prompts weight 0.5 with data.clip_frames 1: .* no gradient"):
+        SampleConfig(clip_frames=1, clip_prompts={"mask": 0.5, "box": 0.25, "points": 0.25})
+    assert SampleConfig(clip_frames=1, clip_prompts={"mask": 0.0, "points": 1.0}).clip_frames == 1

@@ -66,6 +66,19 @@ def _resumes_exactly(config: TrainConfig, whole: list[dict[str, float]], resumed
     assert _without_time(resumed.state.history) == _without_time(whole)
 
 
+def test_the_procedural_recipe_chains_each_stage_from_the_previous_export() -> None:
+    stages = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("MODEL_STAGES"))
+    configs = [load_train_config(ROOT / path) for path in stages.split("=", 1)[1].split()]
+    assert [c.name for c in configs] == ["procedural-prompts", "procedural-sam2", "procedural-refer", "procedural-joint"]
+    assert configs[0].model_config == "configs/model/procedural.yaml"
+    for previous, stage in zip(configs, configs[1:], strict=False):
+        assert stage.model_config == f"{previous.storage_path}/{previous.name}/model/model.yaml", stage.name
+    prompts, tracking = configs[0], configs[1]
+    assert prompts.objective == tracking.objective == "sam2_tracking"
+    assert prompts.data.clip_frames == 1 and prompts.data.clip_prompts["mask"] == 0
+    assert tracking.data.clip_frames > 1 and tracking.data.clip_prompts["mask"] > 0
+
+
 def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None:
     with pytest.raises(ConfigError, match="sources.procedural_tsg: a charades-sta source has no masks"):
         _config("configs/train/tiny.yaml", corpus, "objective=sam2_tracking")

@@ -121,18 +121,23 @@ class LocationMapConfig:
     has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width;
     ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
     channels (space-to-depth); ``residual``: the map is also added to SAM2's low-resolution mask logits, so the
-    decoder refines it instead of having to learn to read it from the dense prompt."""
+    decoder refines it instead of having to learn to read it from the dense prompt; ``dilations``: one 3x3
+    convolution of the key network per entry, with that dilation (its receptive field grows with their sum)."""
 
     enabled: bool = False
     level: int = 1
     hidden: int = 64
     pixels: bool = False
     residual: bool = False
+    dilations: list[int] = field(default_factory=lambda: [1, 1])
 
     def __post_init__(self) -> None:
         if self.level < 0 or self.hidden < 1:
             raise ValueError(f"mllm.location_map needs level >= 0 and hidden >= 1, got level {self.level} and "
                              f"hidden {self.hidden}")
+        if not self.dilations or any(d < 1 for d in self.dilations):
+            raise ValueError(f"mllm.location_map.dilations must be a non-empty list of integers >= 1, got "
+                             f"{self.dilations}")
 
 
 @dataclass

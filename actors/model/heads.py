@@ -12,6 +12,8 @@ from torch import nn
 from torch.func import functional_call
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from actors.model.config import LocationMapConfig
 
 
@@ -265,7 +267,8 @@ class LocationMap(nn.Module):
     What: every level of SAM2's feature pyramid resized (bilinear) to the grid of level ``level`` and
     concatenated, with ``pixels`` also the normalised input frame space-to-depth to that grid (``pixel_unshuffle``:
     the 3 x r x r pixels of each cell as channels, r = the level's stride 4 * 2^level), a small convolutional
-    key network (3x3, GELU, 3x3, GELU, 1x1 to ``prompt_dim``), then per grid cell
+    key network (one 3x3 convolution and GELU per entry of ``dilations``, with that dilation, then 1x1 to
+    ``prompt_dim``), then per grid cell
     ``<key(x, y), p> / sqrt(prompt_dim) + b`` for the prompt ``p`` (the mean of its tokens when there are
     several). Returns (B, 1, h, w) logits; ``losses.mask_location`` trains them towards the target's area
     fraction per cell (``location_map_loss``).
@@ -283,7 +286,7 @@ class LocationMap(nn.Module):
     """
 
     def __init__(self, feature_channels: list[int], prompt_dim: int, hidden: int, level: int,
-                 pixels: bool = False, residual: bool = False) -> None:
+                 pixels: bool = False, residual: bool = False, dilations: Sequence[int] = (1, 1)) -> None:
         super().__init__()
         self.residual = residual
         if not 0 <= level < len(feature_channels):
@@ -291,13 +294,11 @@ class LocationMap(nn.Module):
                              f"got {level}")
         self.level = level
         self.pixel_stride = 4 * 2**level if pixels else 0
-        self.key = nn.Sequential(
-            nn.Conv2d(sum(feature_channels) + 3 * self.pixel_stride**2, hidden, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(hidden, prompt_dim, 1),
-        )
+        widths = [sum(feature_channels) + 3 * self.pixel_stride**2] + [hidden] * (len(dilations) - 1)
+        layers: list[nn.Module] = []
+        for width, dilation in zip(widths, dilations, strict=True):
+            layers += [nn.Conv2d(width, hidden, 3, padding=dilation, dilation=dilation), nn.GELU()]
+        self.key = nn.Sequential(*layers, nn.Conv2d(hidden, prompt_dim, 1))
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, feature_maps: list[torch.Tensor], prompts: torch.Tensor,
@@ -333,4 +334,4 @@ def build_location_map(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(LOCATION_MAP_SEED)
         return LocationMap(feature_channels, prompt_dim, config.hidden, config.level, config.pixels,
-                           config.residual).to(dtype)
+                           config.residual, config.dilations).to(dtype)
