@@ -129,11 +129,17 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ batches
 def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[TrackingClip]:
     """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks, and
-    per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking, ``TrackingClip``s (prompt on the clip's first frame)."""
+    per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking, ``TrackingClip``s (prompt on the clip's first frame), one per object of a row, sharing its
+    frames array."""
     if len(batch["task"]) and batch["task"][0] == "clip":
-        return [TrackingClip(frames=np.array(batch["clip_frames"][row]), masks=np.array(batch["clip_masks"][row]),
-                             prompt_frame=0, prompt=str(batch["prompt"][row]), seed=int(batch["index"][row]))
-                for row in range(len(batch["index"]))]
+        clips = []
+        for row in range(len(batch["index"])):
+            frames = np.array(batch["clip_frames"][row])  # one array for the row's objects: encoded once
+            kinds = str(batch["prompt"][row]).split(",")
+            clips += [TrackingClip(frames=frames, masks=masks, prompt_frame=0, prompt=kind,
+                                   seed=int(batch["index"][row]) + (k << 32))
+                      for k, (masks, kind) in enumerate(zip(np.array(batch["clip_masks"][row]), kinds, strict=True))]
+        return clips
     samples = []
     for row in range(len(batch["index"])):
         common = {"expression": str(batch["expression"][row]), "lowres_frames": np.array(batch["lowres"][row]),

@@ -94,7 +94,9 @@ class SampleConfig:
     SAM2 tracking samples (``objective: sam2_tracking``): ``clip_frames`` consecutive frames at ``clip_size``
     (H, W) of one annotated object, with its masks; the prompt on the clip's first frame where the object is
     visible is drawn from ``clip_prompts`` (relative weights of ``mask``, ``box``, ``points``; a YAML mapping is
-    merged into the default, so a kind it leaves out keeps its default weight).
+    merged into the default, so a kind it leaves out keeps its default weight). A clip tracks up to
+    ``clip_objects`` objects of its video, each with its own prompt: the sampled one and others visible on the
+    clip's first frame (SAM2 training's ``max_num_objects``), all read from one encoding of the frames.
     """
 
     lowres_frames: int = 8
@@ -111,6 +113,7 @@ class SampleConfig:
     clip_frames: int = 8
     clip_size: list[int] = field(default_factory=lambda: [256, 256])
     clip_prompts: dict[str, float] = field(default_factory=lambda: {"mask": 0.5, "box": 0.25, "points": 0.25})
+    clip_objects: int = 1
     keep_aspect: bool = True
 
     def __post_init__(self) -> None:
@@ -120,6 +123,8 @@ class SampleConfig:
             raise ValueError(f"data.key_frames must be >= 1, got {self.key_frames}")
         if self.clip_frames < 1:
             raise ValueError(f"data.clip_frames must be >= 1, got {self.clip_frames}")
+        if self.clip_objects < 1:
+            raise ValueError(f"data.clip_objects must be >= 1, got {self.clip_objects}")
         unknown = sorted(set(self.clip_prompts) - set(PROMPT_KINDS))
         if unknown or not self.clip_prompts or min(self.clip_prompts.values()) < 0 or sum(self.clip_prompts.values()) <= 0:
             raise ValueError(f"data.clip_prompts must weigh {list(PROMPT_KINDS)} with weights >= 0 and a positive "

@@ -37,7 +37,10 @@ Sample contents (MomentSeg 3.2.1, Eq. 4-5):
   tracks one object per prompt. A clip is ``clip_frames`` consecutive frames starting at a frame where
   the object is visible, drawn uniformly among those with a full clip after them (else the clip is clipped
   to the video's end); the prompt goes on the clip's first frame, of a kind drawn from ``clip_prompts``.
-  The object may leave during the clip: its empty masks teach the object-score head.
+  The object may leave during the clip: its empty masks teach the object-score head. A row's
+  ``clip_masks`` are (K, T, H, W) for its K objects: the drawn one and, with ``clip_objects`` > 1, up to
+  ``clip_objects - 1`` others visible on the first frame, each with its own prompt kind (``prompt``: the K
+  kinds joined by commas), as SAM2 training tracks several objects of a clip from one encoding of its frames.
 """
 
 from __future__ import annotations
@@ -119,10 +122,14 @@ def _check_videos(name: str, source: SourceConfig, video_ids: Sequence[str]) -> 
         raise ConfigError(f"{key}: {len(missing)} videos do not exist, e.g. {shown}")
 
 
+def object_expression(obj_id: int) -> Expression:
+    """An annotated object track as a single-object expression (SAM2 tracking clips)."""
+    return Expression(expr_id=f"object {obj_id}", text=f"object {obj_id}", obj_ids=(obj_id,))
+
+
 def _object_items(videos: Mapping[str, VideoRecord]) -> list[RefVOSItem | TSGItem]:
-    """One item per annotated object track (SAM2 tracking clips), as a single-object expression."""
-    return [RefVOSItem(vid, Expression(expr_id=f"object {obj}", text=f"object {obj}", obj_ids=(obj,)))
-            for vid, video in videos.items() for obj in sorted(video.tracks)]
+    """One item per annotated object track (SAM2 tracking clips)."""
+    return [RefVOSItem(vid, object_expression(obj)) for vid, video in videos.items() for obj in sorted(video.tracks)]
 
 
 def _read_source(name: str, source: SourceConfig, objective: str) -> SourceCatalog:
@@ -371,9 +378,7 @@ class SampleBuilder:
               rng: np.random.Generator) -> dict[str, Any]:
         record = source.videos[item.video_id]
         window = clip_window(present, self.data.clip_frames, rng)
-        kinds = sorted(self.data.clip_prompts)
-        weights = np.array([self.data.clip_prompts[k] for k in kinds], dtype=np.float64)
-        prompt = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        prompt = self._prompt_kind(rng)
         frames = self._frames(source, item.video_id)
         try:
             if frames.num_frames != record.num_frames:
@@ -382,10 +387,28 @@ class SampleBuilder:
             clip = frames.get(window, self._size(frames, self.data.clip_size))
         finally:
             frames.close()
-        masks = np.stack([record.target_mask(item.expression, int(t)).astype(np.uint8) for t in window])
+        expressions = [item.expression, *self._companions(record, item, int(window[0]), rng)]
+        masks = [_resize(np.stack([record.target_mask(e, int(t)).astype(np.uint8) for t in window]), clip.shape[1:3],
+                         Image.NEAREST) for e in expressions]
+        prompts = [prompt, *(self._prompt_kind(rng) for _ in expressions[1:])]
         return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
                 "expression": item.expression.text, "template": 0, "clip_frames": clip,
-                "clip_masks": _resize(masks, clip.shape[1:3], Image.NEAREST), "prompt": prompt}
+                "clip_masks": np.stack(masks), "prompt": ",".join(prompts)}
+
+    def _prompt_kind(self, rng: np.random.Generator) -> str:
+        kinds = sorted(self.data.clip_prompts)
+        weights = np.array([self.data.clip_prompts[k] for k in kinds], dtype=np.float64)
+        return kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+
+    def _companions(self, record: VideoRecord, item: RefVOSItem, first: int,
+                    rng: np.random.Generator) -> list[Expression]:
+        """Up to ``clip_objects - 1`` other objects of the video visible on the clip's first frame, drawn at random."""
+        if self.data.clip_objects == 1:
+            return []
+        others = [object_expression(obj) for obj in sorted(record.tracks) if obj not in item.expression.obj_ids]
+        visible = [e for e in others if record.target_mask(e, first).any()]
+        picks = rng.permutation(len(visible))[: self.data.clip_objects - 1]
+        return [visible[int(i)] for i in picks]
 
 
 # ------------------------------------------------------------------------------------------ dataset

@@ -48,8 +48,18 @@ def test_the_score_is_the_keys_dot_the_prompt_on_the_chosen_levels_grid() -> Non
         assert torch.allclose(total, (out - 0.5) + (head(maps, second) - 0.5), atol=1e-5)
         # several prompt tokens: their mean is the query
         assert torch.allclose(head(maps, torch.stack([first, second], 1)), head(maps, (first + second) / 2), atol=1e-5)
-    with pytest.raises(ValueError, match="mllm.location_map.level must index SAM2's 3 feature levels"):
+    with pytest.raises(ValueError, match=r"mllm.location_map.level must be 0, 1 or 2 \(a grid of stride 4, 8 or 16\), got 3"):
         LocationMap([8, 16, 32], 32, 16, level=3)
+
+
+def test_the_grid_is_set_by_the_level_when_sam2_keeps_only_its_embedding() -> None:
+    # a SAM2 without high-resolution features (use_high_res_features_in_sam: false) hands over one level, stride 16
+    torch.manual_seed(0)
+    embedding, prompt, images = torch.randn(1, 32, 4, 4), torch.randn(1, 32), torch.randn(1, 3, 64, 64)
+    for level, grid in ((0, 16), (1, 8), (2, 4)):
+        head = LocationMap([32], prompt_dim=32, hidden=16, level=level, pixels=True)
+        with torch.no_grad():
+            assert head([embedding], prompt, images).shape == (1, 1, grid, grid)
 
 
 def test_with_pixels_the_keys_read_each_cells_block_of_the_input_frame() -> None:

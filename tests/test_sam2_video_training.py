@@ -222,6 +222,26 @@ def test_tracked_frames_read_the_prompt_through_memory(config: Sam2Config) -> No
         assert not torch.equal(a.mask_logits, b.mask_logits)
 
 
+def test_objects_of_one_clip_share_one_encoding_and_keep_their_own_losses(config: Sam2Config) -> None:
+    bridge = build_sam2(config).eval()  # eval: no dropout, so separate and shared runs compare exactly
+    objective = Sam2TrackingObjective(bridge)
+    first = disk_clip(prompt="points", seed=3)
+    other = first.masks.copy()
+    other[:] = 0
+    other[:, 40:56, 4:20] = 1  # a second (static) object in the same frames
+    second = TrackingClip(first.frames, other, 0, "box")
+    encodes = []
+    encode = bridge.encode_images
+    bridge.encode_images = lambda frames: encodes.append(1) or encode(frames)
+    with torch.no_grad():
+        shared = objective([first, second])
+        assert len(encodes) == 1
+        alone = [objective([clip]) for clip in (first, second)]
+    for name, value in shared.items():
+        assert torch.allclose(value, (alone[0][name] + alone[1][name]) / 2, atol=1e-5), name
+    assert not torch.allclose(alone[0]["track_dice"], alone[1]["track_dice"])
+
+
 # ---------------------------------------------------------------- training
 
 

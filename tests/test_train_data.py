@@ -119,7 +119,7 @@ def test_samples_keep_the_video_aspect_as_inference_does(corpus: Path, ray_local
             assert row["masks"].shape[1:] == key
         clips = [SampleBuilder([ray.put(read_catalog(config))], config.data, seed=3, objective="sam2_tracking")(
             {"index": 0}) for _ in range(2)]
-        assert clips[0]["clip_frames"].shape[1:3] == key and clips[0]["clip_masks"].shape[1:] == key
+        assert clips[0]["clip_frames"].shape[1:3] == key and clips[0]["clip_masks"].shape[2:] == key
         # a sample is a function of its index (a resumed tracking run repeats the uninterrupted one)
         assert clips[0].keys() == clips[1].keys()
         for name in clips[0]:
@@ -198,3 +198,27 @@ def test_clip_prompts_merge_into_the_default_and_one_frame_mask_prompts_are_refu
     with pytest.raises(ValueError, match=r"mask prompts weight 0.5 with data.clip_frames 1: .* no gradient"):
         SampleConfig(clip_frames=1, clip_prompts={"mask": 0.5, "box": 0.25, "points": 0.25})
     assert SampleConfig(clip_frames=1, clip_prompts={"mask": 0.0, "points": 1.0}).clip_frames == 1
+
+
+def test_a_clip_tracks_up_to_clip_objects_objects_visible_on_its_first_frame(corpus: Path, ray_local: None) -> None:
+    import ray
+
+    config = tiny_config(corpus, "data.clip_objects=3", "data.clip_frames=3")
+    catalog = read_catalog(config)
+    builder = SampleBuilder([ray.put(catalog)], config.data, seed=5, objective="sam2_tracking")
+    rows = {i: row for i in range(16) if (row := builder({"index": i}))["task"] == "clip"}
+    counts = [len(row["clip_masks"]) for row in rows.values()]
+    assert len(counts) >= 4 and 1 < max(counts) <= 3, counts
+    single = SampleBuilder([ray.put(catalog)], tiny_config(corpus, "data.clip_frames=3").data, seed=5,
+                           objective="sam2_tracking")
+    for i, row in rows.items():
+        masks = row["clip_masks"]
+        assert masks.shape[1] == 3 and len(row["prompt"].split(",")) == len(masks)
+        assert all(m[0].any() for m in masks)  # every object is visible where its prompt goes
+        assert len({m.tobytes() for m in masks}) == len(masks)  # distinct objects
+        # the drawn object, its window and prompt are those of a one-object clip of the same index
+        alone = single({"index": i})
+        assert np.array_equal(masks[:1], alone["clip_masks"]) and row["prompt"].split(",")[0] == alone["prompt"]
+        assert np.array_equal(row["clip_frames"], alone["clip_frames"])
+    with pytest.raises(ValueError, match="data.clip_objects must be >= 1, got 0"):
+        tiny_config(corpus, "data.clip_objects=0")

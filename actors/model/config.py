@@ -117,9 +117,9 @@ class SegNormConfig:
 @dataclass
 class LocationMapConfig:
     """The dense SAM2 prompt grounded by the ``[SEG]`` prompt (``actors.model.heads.LocationMap``): for
-    training from scratch, off for pretrained models. ``level``: the SAM2 feature level whose grid the map
-    has (0 = the highest resolution, stride 4; 1 = stride 8); ``hidden``: the key network's width;
-    ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
+    training from scratch, off for pretrained models. ``level``: the map's grid, of stride 4 * 2^level
+    on SAM2's input (0: stride 4, SAM2's finest feature level and its mask prompt's grid; 1: 8; 2: 16);
+    ``hidden``: the key network's width; ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
     channels (space-to-depth); ``residual``: the map is also added to SAM2's low-resolution mask logits, so the
     decoder refines it instead of having to learn to read it from the dense prompt; ``dilations``: one 3x3
     convolution of the key network per entry, with that dilation (its receptive field grows with their sum)."""

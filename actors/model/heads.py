@@ -252,6 +252,9 @@ class Decoupler(nn.Module):
         return text_from_visual, visual_from_text
 
 
+LOCATION_MAP_LEVELS = (0, 1, 2)  # grids of stride 4, 8 and 16 (SAM2's embedding)
+
+
 class LocationMap(nn.Module):
     """A dense SAM2 prompt grounded by the ``[SEG]`` prompt: where in the frame the referred object is
     (``mllm.location_map``; our addition for models trained from scratch, none of the four papers has it).
@@ -264,7 +267,8 @@ class LocationMap(nn.Module):
     the prompt directly and hands SAM2 the score map as its dense (mask) prompt, the input DeSa2VA's mask
     re-prompting uses, so the decoder refines a located object instead of having to find it.
 
-    What: every level of SAM2's feature pyramid resized (bilinear) to the grid of level ``level`` and
+    What: every level of SAM2's feature pyramid (one, the stride-16 embedding, when the model does not use
+    high-resolution features) resized (bilinear) to the grid of stride 4 * 2^``level`` and
     concatenated, with ``pixels`` also the normalised input frame space-to-depth to that grid (``pixel_unshuffle``:
     the 3 x r x r pixels of each cell as channels, r = the level's stride 4 * 2^level), a small convolutional
     key network (one 3x3 convolution and GELU per entry of ``dilations``, with that dilation, then 1x1 to
@@ -289,9 +293,8 @@ class LocationMap(nn.Module):
                  pixels: bool = False, residual: bool = False, dilations: Sequence[int] = (1, 1)) -> None:
         super().__init__()
         self.residual = residual
-        if not 0 <= level < len(feature_channels):
-            raise ValueError(f"mllm.location_map.level must index SAM2's {len(feature_channels)} feature levels, "
-                             f"got {level}")
+        if level not in LOCATION_MAP_LEVELS:
+            raise ValueError(f"mllm.location_map.level must be 0, 1 or 2 (a grid of stride 4, 8 or 16), got {level}")
         self.level = level
         self.pixel_stride = 4 * 2**level if pixels else 0
         widths = [sum(feature_channels) + 3 * self.pixel_stride**2] + [hidden] * (len(dilations) - 1)
@@ -305,7 +308,9 @@ class LocationMap(nn.Module):
                 images: torch.Tensor | None = None) -> torch.Tensor:
         """feature_maps: SAM2's levels as (B, C_i, H_i, W_i); prompts (B, D) or (B, N, D); images (B, 3, S, S)
         SAM2's normalised input (read with ``pixels``) -> (B, 1, h, w)."""
-        size = feature_maps[self.level].shape[-2:]
+        # the last level is SAM2's stride-16 embedding, whatever finer levels the model keeps
+        scale = 2 ** (len(LOCATION_MAP_LEVELS) - 1 - self.level)
+        size = (feature_maps[-1].shape[-2] * scale, feature_maps[-1].shape[-1] * scale)
         levels = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                   for m in feature_maps]
         if self.pixel_stride:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.model.losses import TrackingLossConfig, tracking_losses
-from actors.model.sam2_bridge import Sam2Bridge
+from actors.model.sam2_bridge import ImageFeatures, Sam2Bridge
 
 PROMPT_KINDS = ("mask", "box", "points")
 
@@ -192,12 +192,15 @@ class Sam2TrackingObjective(torch.nn.Module):
             "point_labels": torch.as_tensor(labels, device=device)[None],
         }, None
 
-    def track(self, clip: TrackingClip, targets: torch.Tensor | None = None) -> list[TrackedFrame]:
+    def track(self, clip: TrackingClip, targets: torch.Tensor | None = None,
+              features: ImageFeatures | None = None) -> list[TrackedFrame]:
         """Prompt ``clip.prompt_frame``, track forward to the last frame and backward to frame 0 (SAM2's
-        ``_track_step`` + ``_encode_memory_in_output`` per frame); returns the frames in time order."""
+        ``_track_step`` + ``_encode_memory_in_output`` per frame); returns the frames in time order.
+        ``features``: the clip's frames already encoded (``Sam2Bridge.encode_images``)."""
         sam = self.bridge.sam
         targets = self.targets(clip) if targets is None else targets
-        features = self.bridge.encode_images(clip.frames)  # all T frames in one batch, levels (HW, T, C)
+        if features is None:
+            features = self.bridge.encode_images(clip.frames)  # all T frames in one batch, levels (HW, T, C)
         point_inputs, mask_inputs = self._prompt_inputs(clip, targets)
         num_frames, start = clip.num_frames, clip.prompt_frame
         order = [(start, False), *((t, False) for t in range(start + 1, num_frames))]
@@ -239,7 +242,7 @@ class Sam2TrackingObjective(torch.nn.Module):
             )
         return [tracked[t] for t in range(num_frames)]
 
-    def clip_losses(self, clip: TrackingClip) -> dict[str, torch.Tensor]:
+    def clip_losses(self, clip: TrackingClip, features: ImageFeatures | None = None) -> dict[str, torch.Tensor]:
         """SAM2's loss parts on one clip, each averaged over its frames."""
         targets = self.targets(clip)
         per_frame = [
@@ -250,15 +253,21 @@ class Sam2TrackingObjective(torch.nn.Module):
                 targets[frame.frame_idx][None],
                 self.loss_config,
             )
-            for frame in self.track(clip, targets)
+            for frame in self.track(clip, targets, features)
         ]
         return {name: torch.cat([parts[name] for parts in per_frame]).mean() for name in per_frame[0]}
 
     def forward(self, clips: Sequence[TrackingClip]) -> dict[str, torch.Tensor]:
-        """Loss parts averaged over the clips (each clip weighs the same) and ``loss``, their weighted sum."""
+        """Loss parts averaged over the clips (each clip weighs the same) and ``loss``, their weighted sum.
+        Clips holding the same frames array (several objects of one clip, SAM2's multi-object training) share
+        one encoding of it."""
         if not clips:
             raise ValueError("Sam2TrackingObjective needs at least one clip")
-        per_clip = [self.clip_losses(clip) for clip in clips]
+        encoded: dict[int, ImageFeatures] = {}
+        for clip in clips:
+            if id(clip.frames) not in encoded:
+                encoded[id(clip.frames)] = self.bridge.encode_images(clip.frames)
+        per_clip = [self.clip_losses(clip, encoded[id(clip.frames)]) for clip in clips]
         parts = {name: torch.stack([losses[name] for losses in per_clip]).mean() for name in per_clip[0]}
         parts["loss"] = self.loss_config.total(parts)
         return parts
