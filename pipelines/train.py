@@ -129,8 +129,8 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ batches
 def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[TrackingClip]:
     """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks, and
-    per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking, ``TrackingClip``s (prompt on the clip's first frame), one per object of a row, sharing its
-    frames array."""
+    per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking,
+    ``TrackingClip``s (prompt on the clip's first frame), one per object of a row, sharing its frames array."""
     if len(batch["task"]) and batch["task"][0] == "clip":
         clips = []
         for row in range(len(batch["index"])):

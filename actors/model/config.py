@@ -119,8 +119,8 @@ class LocationMapConfig:
     """The dense SAM2 prompt grounded by the ``[SEG]`` prompt (``actors.model.heads.LocationMap``): for
     training from scratch, off for pretrained models. ``level``: the map's grid, of stride 4 * 2^level
     on SAM2's input (0: stride 4, SAM2's finest feature level and its mask prompt's grid; 1: 8; 2: 16);
-    ``hidden``: the key network's width; ``pixels``: the key network also reads the frame's normalised pixels, each grid cell's block of them as
-    channels (space-to-depth); ``residual``: the map is also added to SAM2's low-resolution mask logits, so the
+    ``hidden``: the key network's width; ``pixels``: the key network also reads the frame's normalised
+    pixels, each grid cell's block of them as channels (space-to-depth); ``residual``: the map is also added to SAM2's low-resolution mask logits, so the
     decoder refines it instead of having to learn to read it from the dense prompt; ``dilations``: one 3x3
     convolution of the key network per entry, with that dilation (its receptive field grows with their sum)."""
 
@@ -132,8 +132,8 @@ class LocationMapConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 1])
 
     def __post_init__(self) -> None:
-        if self.level < 0 or self.hidden < 1:
-            raise ValueError(f"mllm.location_map needs level >= 0 and hidden >= 1, got level {self.level} and "
+        if self.level not in (0, 1, 2) or self.hidden < 1:
+            raise ValueError(f"mllm.location_map needs level 0, 1 or 2 and hidden >= 1, got level {self.level} and "
                              f"hidden {self.hidden}")
         if not self.dilations or any(d < 1 for d in self.dilations):
             raise ValueError(f"mllm.location_map.dilations must be a non-empty list of integers >= 1, got "
