@@ -302,7 +302,10 @@ class SampleBuilder:
                 return self._tsg(index, source, item, template)
             present = self._present(source_index, item_index, source, item)
             if present.any() and self.objective == "sam2_tracking":
-                return self._clip(index, source, item, present, rng)
+                clip = self._clip(index, source, item, present, rng)
+                if clip is not None:
+                    return clip
+                continue
             if present.any() or not item.expression.obj_ids:
                 return self._refvos(index, source, item, present, template, rng)
         raise RuntimeError(f"sample {index}: no item with a visible target (or no-target expression) in {MAX_DRAWS} draws")
@@ -375,7 +378,9 @@ class SampleBuilder:
 
 
     def _clip(self, index: int, source: SourceCatalog, item: RefVOSItem, present: np.ndarray,
-              rng: np.random.Generator) -> dict[str, Any]:
+              rng: np.random.Generator) -> dict[str, Any] | None:
+        """The clip row, or ``None`` when the drawn object vanishes from the first frame at ``clip_size`` (a
+        few pixels at the video's size; the caller draws again). Other objects that vanish so are left out."""
         record = source.videos[item.video_id]
         window = clip_window(present, self.data.clip_frames, rng)
         prompt = self._prompt_kind(rng)
@@ -391,9 +396,12 @@ class SampleBuilder:
         masks = [_resize(np.stack([record.target_mask(e, int(t)).astype(np.uint8) for t in window]), clip.shape[1:3],
                          Image.NEAREST) for e in expressions]
         prompts = [prompt, *(self._prompt_kind(rng) for _ in expressions[1:])]
+        kept = [k for k, m in enumerate(masks) if m[0].any()]
+        if not kept or kept[0] != 0:
+            return None
         return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
                 "expression": item.expression.text, "template": 0, "clip_frames": clip,
-                "clip_masks": np.stack(masks), "prompt": ",".join(prompts)}
+                "clip_masks": np.stack([masks[k] for k in kept]), "prompt": ",".join(prompts[k] for k in kept)}
 
     def _prompt_kind(self, rng: np.random.Generator) -> str:
         kinds = sorted(self.data.clip_prompts)

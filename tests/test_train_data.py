@@ -220,5 +220,12 @@ def test_a_clip_tracks_up_to_clip_objects_objects_visible_on_its_first_frame(cor
         alone = single({"index": i})
         assert np.array_equal(masks[:1], alone["clip_masks"]) and row["prompt"].split(",")[0] == alone["prompt"]
         assert np.array_equal(row["clip_frames"], alone["clip_frames"])
+    # at a size where small objects vanish, a clip keeps only objects still visible on its first frame
+    small = tiny_config(corpus, "data.clip_objects=3", "data.clip_frames=3", "data.clip_size=[9,12]",
+                        "data.keep_aspect=false")
+    tiny = SampleBuilder([ray.put(catalog)], small.data, seed=5, objective="sam2_tracking")
+    clips = [row for i in range(16) if (row := tiny({"index": i}))["task"] == "clip"]
+    assert clips and all(m[0].any() for row in clips for m in row["clip_masks"])
+    assert sum(len(row["clip_masks"]) for row in clips) < sum(counts)
     with pytest.raises(ValueError, match="data.clip_objects must be >= 1, got 0"):
         tiny_config(corpus, "data.clip_objects=0")
