@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.config import load_config  # noqa: E402
 from actors.model.checkpoints import load_exported  # noqa: E402
 from actors.model.sam2_video_training import Sam2TrackingObjective, TrackingClip  # noqa: E402
+from pipelines.metrics import jaccard  # noqa: E402
 from pipelines.synthetic import generate_video  # noqa: E402
 from pipelines.synthetic_cli import SynthConfig  # noqa: E402
 
@@ -53,25 +54,20 @@ def held_out_clips(synth_config: str, seed: int, videos: int, frames: int, start
     return clips
 
 
-def iou(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    union = (prediction | target).sum()
-    return 1.0 if union == 0 else float((prediction & target).sum() / union)
-
-
 def measure(objective: Sam2TrackingObjective, clips: list[tuple[TrackingClip, np.ndarray]]) -> dict[str, float]:
     """Mean IoUs of the model (point, box, tracking on frames 1..) and of the every-object union."""
     point, box, tracked, union_first, union_later = [], [], [], [], []
     with torch.no_grad():
         for index, (clip, union) in enumerate(clips):
-            targets = objective.targets(clip) > 0
-            unions = objective.targets(TrackingClip(clip.frames, union.astype(np.uint8), 0, "mask")) > 0
+            targets = (objective.targets(clip) > 0).numpy()
+            unions = (objective.targets(TrackingClip(clip.frames, union.astype(np.uint8), 0, "mask")) > 0).numpy()
             for kind, scores in (("points", point), ("box", box)):
                 single = TrackingClip(clip.frames[:1], clip.masks[:1], 0, kind, seed=index)
-                scores.append(iou(objective.track(single)[0].mask_logits > 0, targets[0]))
+                scores.append(jaccard((objective.track(single)[0].mask_logits > 0).numpy(), targets[0]))
             for frame in objective.track(clip)[1:]:
-                tracked.append(iou(frame.mask_logits > 0, targets[frame.frame_idx]))
-                union_later.append(iou(unions[frame.frame_idx], targets[frame.frame_idx]))
-            union_first.append(iou(unions[0], targets[0]))
+                tracked.append(jaccard((frame.mask_logits > 0).numpy(), targets[frame.frame_idx]))
+                union_later.append(jaccard(unions[frame.frame_idx], targets[frame.frame_idx]))
+            union_first.append(jaccard(unions[0], targets[0]))
     return {"point": float(np.mean(point)), "box": float(np.mean(box)), "tracking": float(np.mean(tracked)),
             "every_object_first": float(np.mean(union_first)), "every_object_later": float(np.mean(union_later))}
 
