@@ -68,11 +68,10 @@ import numpy as np
 import torch
 from common import ROOT, load_average, print_result
 
-from actors import rle as rle_codec
 from actors.bap import TABLE9_ROWS, PropagationConfig
 from actors.config import ConfigError, load_config, to_plain
 from actors.decode import DecoderConfig, VideoDecoder, fit_within
-from actors.engine import EngineConfig, ExpressionQuery, PromptStage, VideoLabeler, VideoLabels
+from actors.engine import EngineConfig, ExpressionQuery, PromptStage, VideoLabeler
 from actors.grounding import FIND_THRESHOLD, predict_moment
 from actors.mllm import load_inference_model
 from actors.model.config import ModelConfig
@@ -81,7 +80,8 @@ from actors.model.segmllm import SegModel
 from actors.sampling import SamplingConfig
 from pipelines import metrics
 from pipelines.evaluate import score_refvos_expression
-from pipelines.formats import Dataset, Moment, PredictionStore, VideoRecord, read_dataset
+from pipelines.formats import Dataset, Moment, VideoRecord, read_dataset
+from pipelines.formats.prediction_memory import VideoMasksInMemory
 from pipelines.label_config import LabelConfig, load_label_config
 from pipelines.synthetic_cli import SynthConfig, write_corpus
 from pipelines.synthetic_text import KINDS
@@ -183,24 +183,6 @@ def read_split(root: Path) -> Split:
 
 
 # --------------------------------------------------------------------------------------- RefVOS
-class LabeledVideo(PredictionStore):
-    """One video's engine output read as a prediction set (the evaluator's interface), held in memory."""
-
-    def __init__(self, record: VideoRecord, labels: VideoLabels) -> None:
-        super().__init__("memory://evidence", None)
-        self.record = record
-        self.rles = {e.expr_id: e.rles for e in labels.expressions}
-
-    def expressions(self, video_id: str) -> set[str]:
-        return set(self.rles) if video_id == self.record.video_id else set()
-
-    def mask(self, video_id: str, expr_id: str, frame: int | str) -> np.ndarray | None:
-        if expr_id not in self.expressions(video_id):
-            return None
-        index = frame if isinstance(frame, int) else self.record.frame_names.index(frame)
-        return rle_codec.decode(self.rles[expr_id][index], (self.record.height, self.record.width))
-
-
 def expression_result(row: dict[str, Any]) -> metrics.ExpressionResult:
     """An evaluator report row back into the metrics record the summaries take."""
     names = {f.name for f in dataclasses.fields(metrics.ExpressionResult)}
@@ -235,7 +217,7 @@ class RefVOSRuns:
                     continue
                 with VideoDecoder(str(video.path), None, self.decoder) as source:
                     labels = labeler.label(source, [ExpressionQuery(e.expr_id, e.text) for e in expressions])
-                store = LabeledVideo(video.record, labels)
+                store = VideoMasksInMemory(video.record, {e.expr_id: e.rles for e in labels.expressions})
                 for expression in expressions:
                     row = score_refvos_expression(video.record, expression, store)
                     done[(video.video_id, expression.expr_id)] = expression_result(row)

@@ -16,12 +16,12 @@ from omegaconf import MISSING
 
 from actors.config import ConfigError, load_config
 from actors.model.config import TRAINING_MODES, ModelConfig, read_model_config
+from actors.model.sam2_video_training import PROMPT_KINDS
 
 REFVOS_FORMATS = ("mevis", "revos", "refytvos")
 TSG_FORMATS = ("charades-sta", "activitynet")
 STRATEGIES = ("ddp", "fsdp")
 OBJECTIVES = ("joint", "sam2_tracking")
-PROMPT_KINDS = ("mask", "box", "points")
 
 
 @dataclass

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from actors import rle as rle_codec
-from actors.engine import ExpressionLabels, VideoLabels
 from actors.grounding import predict_moment
 from pipelines.evaluate import score_refvos_expression
+from pipelines.formats.prediction_memory import VideoMasksInMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 evidence = importlib.import_module("evidence")
@@ -35,16 +35,11 @@ def split(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - evidence.
     return evidence.read_split(root)
 
 
-def truth_as_labels(video) -> VideoLabels:  # noqa: ANN001 - evidence.SplitVideo
-    """The ground-truth masks of every expression dressed up as engine output."""
+def truth_masks(video) -> dict[str, list[rle_codec.RLE]]:  # noqa: ANN001 - evidence.SplitVideo
+    """The ground-truth masks of every expression, per frame, as the engine outputs them."""
     record = video.record
-    frames = range(record.num_frames)
-    expressions = [
-        ExpressionLabels(e.expr_id, [rle_codec.encode(record.target_mask(e, f)) for f in frames],
-                         np.ones(record.num_frames), np.zeros(record.num_frames), [0], [0], 0, [])
-        for e in record.expressions
-    ]
-    return VideoLabels(record.num_frames, record.height, record.width, expressions, {})
+    return {e.expr_id: [rle_codec.encode(record.target_mask(e, f)) for f in range(record.num_frames)]
+            for e in record.expressions}
 
 
 def test_split_has_every_kind_and_late_targets(split) -> None:
@@ -60,7 +55,7 @@ def test_split_has_every_kind_and_late_targets(split) -> None:
 def test_perfect_masks_score_one_overall_and_per_kind(split) -> None:
     rows = []
     for video in split.videos:
-        store = evidence.LabeledVideo(video.record, truth_as_labels(video))
+        store = VideoMasksInMemory(video.record, truth_masks(video))
         rows += [evidence.expression_result(score_refvos_expression(video.record, e, store))
                  for e in video.record.expressions]
     figures = evidence.refvos_figures(rows)
@@ -71,9 +66,7 @@ def test_perfect_masks_score_one_overall_and_per_kind(split) -> None:
     # expression, the frames before a late target appears) and 0 elsewhere
     record = split.videos[0].record
     blank = rle_codec.encode(np.zeros((record.height, record.width), bool))
-    empty = evidence.LabeledVideo(record, VideoLabels(record.num_frames, record.height, record.width, [
-        ExpressionLabels(e.expr_id, [blank] * record.num_frames, np.ones(1), np.zeros(1), [0], [0], 0, [])
-        for e in record.expressions], {}))
+    empty = VideoMasksInMemory(record, {e.expr_id: [blank] * record.num_frames for e in record.expressions})
     for expression in record.expressions:
         absent = np.mean([not record.target_mask(expression, f).any() for f in range(record.num_frames)])
         scored = evidence.expression_result(score_refvos_expression(record, expression, empty))
