@@ -1,0 +1,121 @@
+"""Track statistics, features and the logistic-regression calibration of track confidence (pure numpy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.track_calibration import CalibrationError, TrackCalibration
+from actors.track_confidence import FEATURE_NAMES, track_features, track_stats
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def test_stats_are_over_present_frames_and_none_without_any() -> None:
+    scores = np.array([0.9, 0.2, 0.8, 0.7, 0.1])
+    present = np.array([True, False, True, True, False])
+    areas = np.array([0.10, 0.0, 0.20, 0.30, 0.0])
+    stats = track_stats(scores, present, areas)
+    assert (stats.num_frames, stats.present_frames, stats.no_target) == (5, 3, False)
+    assert stats.mean_track_score == pytest.approx(0.8)
+    assert stats.area_mean == pytest.approx(0.2)
+    assert stats.area_std == pytest.approx(np.std([0.1, 0.2, 0.3]))
+    assert stats.area_max == pytest.approx(0.3)
+
+    empty = track_stats(scores, np.zeros(5, bool), np.zeros(5))
+    assert empty.no_target and empty.present_frames == 0
+    assert (empty.mean_track_score, empty.area_mean, empty.area_std, empty.area_max) == (None, None, None, None)
+    with pytest.raises(ValueError, match="equal non-empty"):
+        track_stats(scores, present[:3], areas)
+
+
+def test_features_follow_their_documented_names() -> None:
+    stats = track_stats(np.array([0.9, 0.2, 0.8, 0.7]), np.array([True, False, True, True]),
+                        np.array([0.1, 0.0, 0.2, 0.3]))
+    features = dict(zip(FEATURE_NAMES, track_features([0.2, 0.8, 0.5], [0.6, 0.9], stats), strict=True))
+    assert features == pytest.approx({
+        "find_max": 0.8, "find_contrast": 0.3, "key_mean": 0.75, "key_max": 0.9, "track_mean": 0.8,
+        "present_fraction": 0.75, "area_mean": 0.2, "area_cv": np.std([0.1, 0.2, 0.3]) / 0.2})
+
+    none = track_features([0.1, 0.1], [0.3], track_stats(np.full(4, 0.2), np.zeros(4, bool), np.zeros(4)))
+    assert dict(zip(FEATURE_NAMES, none, strict=True)) == pytest.approx({
+        "find_max": 0.1, "find_contrast": 0.0, "key_mean": 0.3, "key_max": 0.3, "track_mean": 0.0,
+        "present_fraction": 0.0, "area_mean": 0.0, "area_cv": 0.0})
+
+
+def _separable(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Good tracks have high tracking scores and presence, bad ones low; the other features are noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([1, 0], 40)
+    features = rng.uniform(0, 1, size=(80, len(FEATURE_NAMES)))
+    features[:, FEATURE_NAMES.index("track_mean")] = np.where(labels == 1, rng.uniform(0.6, 1.0, 80),
+                                                               rng.uniform(0.0, 0.4, 80))
+    features[:, FEATURE_NAMES.index("present_fraction")] = np.where(labels == 1, rng.uniform(0.5, 1.0, 80),
+                                                                     rng.uniform(0.0, 0.45, 80))
+    return features, labels
+
+
+def test_fit_on_separable_tracks_ranks_them_perfectly_and_is_deterministic() -> None:
+    features, labels = _separable()
+    calibration = TrackCalibration.fit(features, labels, FEATURE_NAMES, metadata={"data": "synthetic"})
+    predictions = calibration.predict(features)
+    assert predictions.shape == (80,) and np.all((predictions >= 0) & (predictions <= 1))
+    assert _auroc(predictions, labels) == 1.0
+    assert predictions[labels == 1].min() > 0.5 > predictions[labels == 0].max()
+    # ordered: a track better on the informative features gets a higher confidence, all else equal
+    middle = np.full(len(FEATURE_NAMES), 0.5)
+    ladder = np.repeat(middle[None], 5, axis=0)
+    ladder[:, FEATURE_NAMES.index("track_mean")] = np.linspace(0.0, 1.0, 5)
+    assert np.all(np.diff(calibration.predict(ladder)) > 0)
+    assert calibration.fit_info["converged"] and calibration.fit_info["samples"] == 80
+    assert calibration.fit_info["positives"] == 40 and calibration.fit_info["data"] == "synthetic"
+    again = TrackCalibration.fit(features, labels, FEATURE_NAMES, metadata={"data": "synthetic"})
+    assert again.to_json() == calibration.to_json()
+
+
+def test_fit_refuses_one_class_and_mismatched_shapes() -> None:
+    features, labels = _separable()
+    with pytest.raises(ValueError, match="both good and bad"):
+        TrackCalibration.fit(features, np.ones(80), FEATURE_NAMES)
+    with pytest.raises(ValueError, match=r"\(N, 8\) features"):
+        TrackCalibration.fit(features[:, :3], labels, FEATURE_NAMES)
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
+    features, labels = _separable(1)
+    calibration = TrackCalibration.fit(features, labels, FEATURE_NAMES)
+    uri = str(tmp_path / "calibrations" / "tracks.json")
+    calibration.save(uri)
+    loaded = TrackCalibration.load(uri)
+    assert loaded == calibration
+    np.testing.assert_array_equal(loaded.predict(features), calibration.predict(features))
+    loaded.require_features(FEATURE_NAMES, uri)
+    with pytest.raises(CalibrationError, match=r"tracks\.json: fitted on features \['find_max'"):
+        loaded.require_features(FEATURE_NAMES[:-1], uri)
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("{not json", "not JSON"),
+    ('{"format": "something.else", "version": 1}', "not a track calibration"),
+    ('{"format": "vrseg.track_calibration", "version": 7}', "version 7 is not the supported 1"),
+    ('{"format": "vrseg.track_calibration", "version": 1, "features": ["a"], "bias": 0}',
+     r"missing key\(s\) \['weights'\]"),
+    ('{"format": "vrseg.track_calibration", "version": 1, "features": ["a"], "weights": ["x"], "bias": 0}',
+     '"weights" must be a list of numbers'),
+    ('{"format": "vrseg.track_calibration", "version": 1, "features": ["a", "b"], "weights": [1.0], "bias": 0}',
+     "a calibration needs one weight per feature, got 2 features and 1 weights"),
+])
+def test_malformed_calibration_file_names_the_file_and_the_problem(tmp_path: Path, content: str,
+                                                                   problem: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(CalibrationError, match=rf"track calibration .*bad\.json: {problem}"):
+        TrackCalibration.load(str(path))
+    with pytest.raises(CalibrationError, match=r"missing\.json: no such file"):
+        TrackCalibration.load(str(tmp_path / "missing.json"))
