@@ -30,6 +30,12 @@ Choices where the papers leave room (MomentSeg 3.2.1-3.2.3, VRS-HQ, DeSa2VA):
   (sigmoid of the tracked object-score logit, see ``Sam2VideoSession``).
 - The start frame and every key frame a pass reaches with anchor updating output the key-frame mask
   decoded from the prompt; the per-frame score written there is its S^p (``actors.bap`` for the modes).
+  The key frames where a pass fed that mask in besides its start are the track's ``reseeds``.
+- Presence: the object is present on a frame when SAM2's object-score logit there is > 0 (of the tracked
+  frame, or of the key-frame mask where one is output) and the mask has a pixel. SAM2's hard gate
+  (``actors.model.sam2_bridge.select_mask``) already sets the mask logits to ``NO_OBJ_SCORE`` where the
+  logit is <= 0, so masks are empty exactly where the object is absent; the engine changes no mask.
+  Frames a one-way pass never reaches are empty and absent.
 - Decoupled prompts (DeSa2VA): the text- and visual-prompt masks are fused by averaging their logits;
   mask re-prompt feeds the fused low-res logits back once as SAM2's dense prompt to the same prompts
   (``actors.model.segmllm.decode_seg_prompts``).
@@ -123,19 +129,24 @@ class ExpressionLabels:
     """Everything the engine produced for one expression.
 
     ``rles``: one COCO RLE per frame at the video's resolution; ``scores`` (T,): per-frame confidence
-    (S^t where tracked, S^p where the key-frame mask was used); ``relevance`` (T,): the [FIND] logits;
-    ``sampled`` / ``key_frames``: the sampler's output; ``anchor``: where propagation started (the
-    sampler's anchor, or the first key frame); ``cleared``: key frames where Eq. 8 cleared the tracked
-    memory (``actors.bap``).
+    (S^t where tracked, S^p where the key-frame mask was used); ``present`` (T,) bool: where the object
+    is present (see the module docstring); ``relevance`` (T,): the [FIND] logits; ``sampled`` /
+    ``key_frames``: the sampler's output; ``key_scores``: S^p of each key frame; ``anchor``: where
+    propagation started (the sampler's anchor, or the first key frame); ``reseeds``: key frames where a
+    pass fed the key-frame mask in (anchor updating); ``cleared``: key frames where Eq. 8 cleared the
+    tracked memory (``actors.bap``).
     """
 
     expr_id: str
     rles: list[rle_codec.RLE]
     scores: np.ndarray
+    present: np.ndarray
     relevance: np.ndarray
     sampled: list[int]
     key_frames: list[int]
+    key_scores: list[float]
     anchor: int
+    reseeds: list[int]
     cleared: list[int]
 
 
@@ -324,10 +335,12 @@ class PromptStage:
 
 @dataclass
 class _KeyMasks:
-    """Key-frame masks of one expression at SAM2 frame size: frame -> mask, frame -> S^p."""
+    """Key-frame masks of one expression at SAM2 frame size: frame -> mask, frame -> S^p, frame -> whether
+    the object-score logit is > 0."""
 
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     confidence: dict[int, float] = field(default_factory=dict)
+    present: dict[int, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -336,6 +349,8 @@ class ExpressionMasks:
 
     anchor: int
     key_frames: list[int]
+    key_scores: list[float]
+    reseeds: list[int]
     cleared: list[int]
 
 
@@ -378,9 +393,13 @@ class MaskStage:
             for e, s in enumerate(samples)
         ]
         preloaded = dict(zip(key_frames.indices.tolist(), key_frames.frames, strict=True))
-        cleared = self._propagate(source, source_size, policies, key_masks, preloaded, sink)
-        return [ExpressionMasks(policies[e].start, samples[e].key_frames.tolist(), cleared[e])
-                for e in range(len(samples))]
+        reseeds, cleared = self._propagate(source, source_size, policies, key_masks, preloaded, sink)
+        out = []
+        for e, sample in enumerate(samples):
+            frames = sample.key_frames.tolist()
+            out.append(ExpressionMasks(policies[e].start, frames, [key_masks[e].confidence[f] for f in frames],
+                                       reseeds[e], cleared[e]))
+        return out
 
     # ------------------------------------------------------------------ key-frame masks
     def _frame_predictions(self, samples: Sequence[SampleResult], prompts: Sequence[SegPrompts],
@@ -416,6 +435,7 @@ class MaskStage:
         for (frame, e), prediction in self._frame_predictions(samples, prompts, key_frames).items():
             out[e].masks[frame] = (prediction.mask_logits[0] > self.config.mask_threshold).cpu().numpy()
             out[e].confidence[frame] = float(torch.sigmoid(prediction.object_score_logits[0]))
+            out[e].present[frame] = bool(prediction.object_score_logits[0] > 0)
         return out
 
     def _select_keyframes(self, samples: list[SampleResult], prompts: Sequence[SegPrompts],
@@ -437,37 +457,46 @@ class MaskStage:
         """VideoLISA One-Token-Seg-All at inference (``propagation.mode: one_token_seg_all``): each
         expression's one prompt decoded on every frame, streamed front to back, with no memory between
         frames; each frame's image features once for all expressions. The score is sigmoid(object-score
-        logit); the recorded anchor is the first key frame (nothing starts there: there is no propagation)."""
+        logit); the recorded anchor is the first key frame (nothing starts there: there is no propagation), and
+        a key frame's S^p is its score."""
         to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
+        scores: dict[tuple[int, int], float] = {}
         for chunk in source.stream(0, "forward", source_size, self.config.chunk_size):
             frames = KeyFrames(chunk.indices, resize_frames(chunk.frames, self.frame_size))
             every = [SampleResult(chunk.indices, anchor=None)] * len(samples)
             for (frame, e), prediction in self._frame_predictions(every, prompts, frames).items():
                 rle = to_rle.from_logits(prediction.mask_logits)[0]
-                sink.put(e, frame, rle["counts"], float(torch.sigmoid(prediction.object_score_logits[0])))
-        return [ExpressionMasks(int(s.key_frames[0]), s.key_frames.tolist(), []) for s in samples]
+                logit = prediction.object_score_logits[0]
+                scores[(frame, e)] = float(torch.sigmoid(logit))
+                sink.put(e, frame, rle["counts"], scores[(frame, e)], is_present(bool(logit > 0), rle))
+        return [ExpressionMasks(int(s.key_frames[0]), s.key_frames.tolist(),
+                                [scores[(f, e)] for f in s.key_frames.tolist()], [], [])
+                for e, s in enumerate(samples)]
 
     # ------------------------------------------------------------------ propagation (BAP)
     def _propagate(self, source: FrameSource, source_size: Size, policies: list[PropagationPolicy],
                    key_masks: list[_KeyMasks], preloaded: dict[int, np.ndarray], sink: MaskSink,
-                   ) -> list[list[int]]:
+                   ) -> tuple[list[list[int]], list[list[int]]]:
         """Drive one ``PropagationPolicy`` per expression in lock-step over a shared multi-object session
-        per direction; returns each expression's key frames where Eq. 8 cleared memory."""
+        per direction; returns each expression's re-seeded key frames (the key-frame mask fed in besides
+        the pass's start) and its key frames where Eq. 8 cleared memory."""
         num_frames = source.num_frames
         done = np.zeros((len(policies), num_frames), dtype=bool)
+        reseeds: list[list[int]] = [[] for _ in policies]
         cleared: list[list[int]] = [[] for _ in policies]
         to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
 
-        def emit(e: int, frame: int, rle: rle_codec.RLE, score: float) -> None:
-            sink.put(e, frame, rle["counts"], score)
+        def emit(e: int, frame: int, rle: rle_codec.RLE, score: float, visible: bool) -> None:
+            sink.put(e, frame, rle["counts"], score, is_present(visible, rle))
             done[e, frame] = True
 
         def use_key_mask(e: int, frame: int) -> None:
-            emit(e, frame, to_rle.from_mask(key_masks[e].masks[frame]), key_masks[e].confidence[frame])
+            emit(e, frame, to_rle.from_mask(key_masks[e].masks[frame]), key_masks[e].confidence[frame],
+                 key_masks[e].present[frame])
 
         for e, policy in enumerate(policies):
             for frame in policy.unlabeled:  # before a one-way pass's start: no mask, as SAM2 leaves them
-                emit(e, frame, to_rle.empty(), 0.0)
+                emit(e, frame, to_rle.empty(), 0.0, False)
         for direction in (FORWARD, BACKWARD):
             members = [e for e, p in enumerate(policies) if any(q.direction == direction for q in p.passes)]
             if not members:
@@ -495,6 +524,7 @@ class MaskStage:
                         if policies[e].reach(frame):  # Eq. 8
                             session.clear(e, keep_seeds=True)
                             cleared[e].append(frame)
+                        reseeds[e].append(frame)
                         use_key_mask(e, frame)
                     else:
                         score = float(result.object_scores[i])
@@ -502,13 +532,13 @@ class MaskStage:
                         tracked.append((e, i, score))
                 if tracked:
                     rles = to_rle.from_logits(result.mask_logits[[i for _, i, _ in tracked]])
-                    for (e, _, score), rle in zip(tracked, rles, strict=True):
-                        emit(e, frame, rle, score)
+                    for (e, i, score), rle in zip(tracked, rles, strict=True):
+                        emit(e, frame, rle, score, result.present[i])
         for e in range(len(policies)):
             missing = np.flatnonzero(~done[e])
             if missing.size:
                 raise RuntimeError(f"propagation left frames {missing[:10].tolist()} of expression {e} without a mask")
-        return [sorted(frames) for frames in cleared]
+        return [sorted(frames) for frames in reseeds], [sorted(frames) for frames in cleared]
 
 
 def require_tda_for_tks(config: EngineConfig, mllm: SegMLLM) -> None:
@@ -554,20 +584,29 @@ class VideoLabeler:
                 masks = self.mask_stage.segment(frames, samples, prompts, decoded, spool)
             rles = [[{"size": [height, width], "counts": m.counts} for m in spool.rows(e)] for e in range(len(queries))]
             scores = [spool.scores(e) for e in range(len(queries))]
+            present = [spool.present(e) for e in range(len(queries))]
         labels = [
             ExpressionLabels(
                 expr_id=query.expr_id,
                 rles=rles[e],
                 scores=scores[e],
+                present=present[e],
                 relevance=relevance[e].astype(np.float32),
                 sampled=sample.indices.tolist(),
                 key_frames=out.key_frames,
+                key_scores=out.key_scores,
                 anchor=out.anchor,
+                reseeds=out.reseeds,
                 cleared=out.cleared,
             )
             for e, (query, sample, out) in enumerate(zip(queries, samples, masks, strict=True))
         ]
         return VideoLabels(num_frames, height, width, labels, timer.seconds)
+
+
+def is_present(visible: bool, rle: rle_codec.RLE) -> bool:
+    """Whether the object is present on a frame: SAM2 sees it (object-score logit > 0) and its mask has a pixel."""
+    return visible and rle_codec.area(rle) > 0
 
 
 class _MaskWriter:

@@ -4,7 +4,8 @@ Propagation produces masks in its own order: the backward pass walks frames down
 the forward pass up from the earliest, objects interleaved. Outputs want them sorted by (expression,
 frame). Holding every RLE until the video ends makes memory grow with its length (measured ~50 KB per
 frame for 4 noisy expressions), so the spool appends each RLE's bytes to a scratch file as it arrives and
-keeps only a fixed-size index entry (offset, length, score: 16 bytes per expression and frame) in memory.
+keeps only a fixed-size index entry (offset, length, score, presence: 17 bytes per expression and frame) in
+memory.
 ``rows`` then reads them back sorted, one at a time.
 
 No torch, no Ray: the engine fills it (``MaskSink``), the writer drains it.
@@ -26,8 +27,9 @@ from actors.scratch import scratch_prefix
 class MaskSink(Protocol):
     """Where the engine hands each (expression, frame) mask the moment it is final."""
 
-    def put(self, expression: int, frame: int, counts: str, score: float) -> None:
-        """``counts``: the COCO compressed RLE string at the video's size; ``score``: its confidence."""
+    def put(self, expression: int, frame: int, counts: str, score: float, present: bool) -> None:
+        """``counts``: the COCO compressed RLE string at the video's size; ``score``: its confidence;
+        ``present``: whether the model says the object is on the frame (the mask is empty where not)."""
         ...
 
 
@@ -37,6 +39,7 @@ class SpooledMask:
     frame: int
     counts: str
     score: float
+    present: bool
 
 
 class MaskSpool:
@@ -49,17 +52,19 @@ class MaskSpool:
         self._offset = np.full((num_expressions, num_frames), -1, dtype=np.int64)
         self._length = np.zeros((num_expressions, num_frames), dtype=np.int32)
         self._score = np.zeros((num_expressions, num_frames), dtype=np.float32)
+        self._present = np.zeros((num_expressions, num_frames), dtype=bool)
         handle, self._path = tempfile.mkstemp(prefix=scratch_prefix("masks"), suffix=".rle", dir=scratch_dir)
         self._file = os.fdopen(handle, "w+b")
         self._size = 0
 
-    def put(self, expression: int, frame: int, counts: str, score: float) -> None:
+    def put(self, expression: int, frame: int, counts: str, score: float, present: bool) -> None:
         """Record (a later ``put`` of the same expression and frame replaces the earlier one)."""
         data = counts.encode("ascii")
         self._file.write(data)  # appended: only ``os.pread`` reads, which leaves the position at the end
         self._offset[expression, frame] = self._size
         self._length[expression, frame] = len(data)
         self._score[expression, frame] = score
+        self._present[expression, frame] = present
         self._size += len(data)
 
     def missing(self, expression: int) -> list[int]:
@@ -69,6 +74,10 @@ class MaskSpool:
     def scores(self, expression: int) -> np.ndarray:
         """(T,) float32 scores of ``expression`` (0 where missing)."""
         return self._score[expression].copy()
+
+    def present(self, expression: int) -> np.ndarray:
+        """(T,) bool: where the object of ``expression`` is present (False where missing)."""
+        return self._present[expression].copy()
 
     def rows(self, expression: int | None = None) -> Iterator[SpooledMask]:
         """Every mask sorted by (expression, frame), or one expression's by frame; raises on a missing frame."""
@@ -80,7 +89,8 @@ class MaskSpool:
                 raise RuntimeError(f"expression {e} has no mask at frames {gaps[:10]} ({len(gaps)} missing)")
             for frame in range(self.num_frames):
                 data = os.pread(self._file.fileno(), int(self._length[e, frame]), int(self._offset[e, frame]))
-                yield SpooledMask(e, frame, data.decode("ascii"), float(self._score[e, frame]))
+                yield SpooledMask(e, frame, data.decode("ascii"), float(self._score[e, frame]),
+                                  bool(self._present[e, frame]))
 
     def close(self) -> None:
         if not self._file.closed:

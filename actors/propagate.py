@@ -4,9 +4,10 @@
 more into a local frame store (``actors.frame_store``) at the engine's source size, takes the key frames
 from it (the pixels ``MLLMWorker`` read by random access), runs ``actors.engine.MaskStage.segment``
 (key-frame masks, optional TKS, BAP forward and backward over frames streamed in chunks) into a
-``MaskSpool`` on local disk, and hands the spool to the injected ``MaskOutput``, which writes the video's
-mask files. Its output row carries only the tracks' metadata and the written files' records: memory and
-the object store stay bounded whatever the video's length (ARCHITECTURE steps 6-7).
+``MaskSpool`` on local disk, and hands the spool with the tracks' metadata to the injected ``MaskOutput``,
+which writes the video's mask and track files. Its output row carries only the tracks' metadata and the
+written files' records: memory and the object store stay bounded whatever the video's length (ARCHITECTURE
+steps 6-7).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from actors.video_rows import ExpressionTrack, StageRunner, VideoMasks, VideoSou
 
 
 class MaskOutput(Protocol):
-    """Writes one video's spooled masks where the job's outputs go; returns records of the files written."""
+    """Writes one video's spooled masks and its tracks (one per expression, in spool order) where the job's
+    outputs go; returns records of the files written."""
 
-    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
+    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], tracks: list[ExpressionTrack],
               spool: MaskSpool) -> list[Any]: ...
 
 
@@ -80,10 +82,10 @@ class VideoSegmenter:
         decoded = KeyFrames(union, frames.get(union, size))
         with MaskSpool(len(queries), frames.num_frames, self.decoder.scratch_dir) as spool:
             masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded, spool)
-            files = self.output.write(video_id, source, (frames.height, frames.width), [q.expr_id for q in queries],
-                                      spool)
-        tracks = [ExpressionTrack(query.expr_id, query.text, out.anchor, out.key_frames, out.cleared, moment)
-                  for query, out, moment in zip(queries, masks, prompted.moments, strict=True)]
+            tracks = [ExpressionTrack(query.expr_id, query.text, out.anchor, out.key_frames, out.cleared, moment,
+                                      out.key_scores, out.reseeds)
+                      for query, out, moment in zip(queries, masks, prompted.moments, strict=True)]
+            files = self.output.write(video_id, source, (frames.height, frames.width), tracks, spool)
         return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files,
                           random_access_fallback(frames))
 

@@ -116,7 +116,9 @@ def moment_record(expr_id: str, moment: ExpressionMoment) -> dict[str, Any]:
 @dataclass
 class ExpressionTrack:
     """What one expression's propagation did (its masks are in the video's mask files): its text, where it
-    started, its key frames, the key frames where Eq. 8 cleared memory, and its predicted moment."""
+    started, its key frames, the key frames where Eq. 8 cleared memory, its predicted moment, the key
+    frames' prediction confidences S^p (``key_scores``, one per key frame) and the key frames where the
+    key-frame mask was fed in during propagation (``reseeds``: anchor updating)."""
 
     expr_id: str
     text: str
@@ -124,6 +126,8 @@ class ExpressionTrack:
     key_frames: list[int]
     cleared: list[int]
     moment: ExpressionMoment
+    key_scores: list[float]
+    reseeds: list[int]
 
 
 @dataclass

@@ -53,6 +53,7 @@ from actors.fused_labeler import FusedLabeler
 from actors.mllm import MLLMWorker
 from actors.model.config import ModelConfig
 from actors.propagate import Propagator
+from actors.track_calibration import TrackCalibration
 from actors.uri import join, protocol_of, redact, storage_options_for
 from actors.video_rows import Failure
 from pipelines.attempts import Attempts, attempt_ledger, guarded
@@ -201,12 +202,14 @@ def committed_rows(rows: Any, output_uri: str, config: LabelConfig,  # noqa: ANN
 
 
 def build_pipeline(rows: Any, output_uri: str, config: LabelConfig, model: ModelConfig,  # noqa: ANN401
-                   options: Mapping[str, Any], png: bool, attempts: Attempts) -> Any:  # noqa: ANN401 - ray.data.Datasets
-    """The Ray Data program: one row per video through decode -> mllm -> propagate -> write."""
+                   options: Mapping[str, Any], png: bool, attempts: Attempts,
+                   calibration: TrackCalibration | None) -> Any:  # noqa: ANN401 - ray.data.Datasets
+    """The Ray Data program: one row per video through decode -> mllm -> propagate -> write; ``calibration``
+    gives the tracks their confidence."""
     decoder, engine, pools = config.decoder_config(), config.engine, config.pools
     lowres = decoded_rows(rows, config, options, attempts)
     shared = {"model": model, "engine": engine, "decoder": decoder, "storage_options": options}
-    output = MaskFileWriter(output_uri, options, png)
+    output = MaskFileWriter(output_uri, options, png, calibration=calibration)
     if config.stages == "fused":
         masks = guarded_stage(lowres, FusedLabeler, "label", "label", {
             **shared, "output": output, "torch_threads": pools.label.threads()}, config, attempts)
@@ -298,12 +301,13 @@ def label(spec: InputSpec, output_uri: str, config: LabelConfig, model: ModelCon
     start = time.perf_counter()
     options = resolved_storage_options(config.storage_options, [*spec.uris(), output_uri])
     check_credentials([*spec.uris(), output_uri], options)
+    calibration = config.track_calibration(options)
     ensure_ray(address, config.ray)
     store = OutputStore(output_uri, options)
     inputs = read_inputs(spec, config, options)
     actor_model = model_for_actors(model)
     result = run_pending(inputs, store, options, lambda rows, attempts: build_pipeline(
-        rows, output_uri, config, actor_model, options, png, attempts), progress, config.max_attempts)
+        rows, output_uri, config, actor_model, options, png, attempts, calibration), progress, config.max_attempts)
     if overlays > 0:
         entries = inputs.first_entries(overlays)  # enough: the first expression of every video comes first
         depth = max(len(e.queries) for e in entries) if entries else 0
@@ -384,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vrseg label: {redact(str(exc))}", file=sys.stderr)
         return 2
     print(summary_line(result))
-    print(f"vrseg label: outputs under {redact(args.output)} (masks/, errors/, run.json)")
+    print(f"vrseg label: outputs under {redact(args.output)} (masks/, tracks/, errors/, run.json)")
     return exit_status("label", result, args.output, args.allow_failures)
 
 

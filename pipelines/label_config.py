@@ -7,8 +7,9 @@ decodes every frame at most twice whatever the video's keyframe interval, see
 (``actors.engine.EngineConfig``: sampling, BAP, frame sizes), ``decoder`` (``actors.decode.DecoderConfig``
 keys), ``inputs`` (limits that turn a manifest entry into an error row), ``pools`` (one fixed-size actor
 pool per stage: actors, batch size, CPUs / GPUs per actor, torch threads), ``ray`` (the local instance
-started when no cluster address is given) and ``storage_options`` (object-store access for every URI; the
-standard AWS environment variables fill in what is not set here).
+started when no cluster address is given), ``tracks`` (the per-track table: which calibration gives the
+tracks their confidence) and ``storage_options`` (object-store access for every URI; the standard AWS
+environment variables fill in what is not set here).
 
 Loaded with ``actors.config.load_config``; the model config it names (local or fsspec URI, e.g. the
 ``model.yaml`` a ``vrseg train`` run exported) is loaded and validated by ``LabelConfig.model_config()``
@@ -17,6 +18,7 @@ before any work starts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from actors.config import load_config
 from actors.decode import DecoderConfig
 from actors.engine import EngineConfig
 from actors.model.config import ModelConfig, read_model_config
+from actors.track_calibration import TrackCalibration
+from actors.track_confidence import FEATURE_NAMES
 from actors.uri import is_relative
 from pipelines.manifest import InputLimits
 
@@ -120,6 +124,22 @@ class RayConfig:
 
 
 @dataclass
+class TracksSection:
+    """The ``tracks/`` table of the output (``pipelines.formats.track_parquet``). ``calibration``: a track
+    calibration JSON (``actors.track_calibration``, fitted on held-out labeled tracks) at a local path
+    (relative paths are tried from the working directory, then from the project root) or any fsspec URI; it
+    gives every track its ``confidence``. Unset (the default): ``confidence`` is null, never a guess."""
+
+    calibration: str | None = None
+
+    def calibration_uri(self) -> str | None:
+        """Where ``calibration`` is read from (None when unset)."""
+        if self.calibration is None or not is_relative(self.calibration) or Path(self.calibration).exists():
+            return self.calibration
+        return str(PROJECT_ROOT / self.calibration)
+
+
+@dataclass
 class LabelConfig:
     """``vrseg label`` configuration (see the module docstring).
 
@@ -138,6 +158,7 @@ class LabelConfig:
     inputs: InputLimits = field(default_factory=InputLimits)
     pools: PoolsConfig = field(default_factory=PoolsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracks: TracksSection = field(default_factory=TracksSection)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,6 +173,17 @@ class LabelConfig:
             return DecoderConfig(**self.decoder)
         except TypeError as exc:
             raise ValueError(f"decoder: {exc}") from None
+
+    def track_calibration(self, storage_options: Mapping[str, Any] | None = None) -> TrackCalibration | None:
+        """The calibration ``tracks.calibration`` names, checked against the tracks' features, or None when
+        unset; ``CalibrationError`` naming the file and the problem when it is unusable. ``storage_options``:
+        the resolved ones (default: this config's)."""
+        uri = self.tracks.calibration_uri()
+        if uri is None:
+            return None
+        calibration = TrackCalibration.load(uri, self.storage_options if storage_options is None else storage_options)
+        calibration.require_features(FEATURE_NAMES, uri)
+        return calibration
 
     def model_config(self) -> ModelConfig:
         """The model config this labeling config names, read with ``storage_options`` (``ConfigError`` naming

@@ -1,11 +1,18 @@
-"""Writing one video's labels: its mask files as propagation finishes, then its commit marker (ARCHITECTURE step 7).
+"""Writing one video's labels: its mask and track files as propagation finishes, then its commit marker
+(ARCHITECTURE step 7).
 
 Per video, under the output root (``pipelines.storage.OutputStore``: atomic writes, retries):
 
 - ``masks/<video_key>.parquet``: one row per (expression, frame) in ``PREDICTION_SCHEMA``
-  (``video_id, expr_id, frame_idx, frame_name, height, width, rle, score``), expressions in manifest order,
-  frames ascending, in row groups of at most ``ROW_GROUP_ROWS`` rows and about ``ROW_GROUP_BYTES`` of RLE; the same inputs give the same bytes, so a
-  video redone after a crash is rewritten identically under the same name;
+  (``video_id, expr_id, frame_idx, frame_name, height, width, rle, score, present``: ``present`` is the
+  engine's decision that the object is on the frame, and the mask is empty where it is not), expressions
+  in manifest order, frames ascending, in row groups of at most ``ROW_GROUP_ROWS`` rows and about
+  ``ROW_GROUP_BYTES`` of RLE;
+- ``tracks/<video_key>.parquet``: one row per expression in ``TRACK_SCHEMA``
+  (``pipelines.formats.track_parquet``): confidence (with a calibration, else null), ``no_target``, the
+  moment, anchor, key, re-seed and cleared frames, the mean tracking score and mask area statistics over
+  the present frames, and the feature vector the confidence is predicted from
+  (``actors.track_confidence``), all computed from the same spooled masks as the mask rows;
 - with ``png``: ``png/<video>/<expr_id>/<frame_name>.png`` (the layout the official evaluators read; each
   ``/``-separated part of the id passed through ``video_key`` so nothing lands outside the root);
 - then ``_committed/<video_key>.json`` listing those files: the video becomes visible at once. Its
@@ -14,13 +21,16 @@ Per video, under the output root (``pipelines.storage.OutputStore``: atomic writ
   logits at the frames ``[FIND]`` scored), where propagation started (``anchor``), the ``key_frames`` and
   the key frames where Eq. 8 cleared memory (``cleared``).
 
+The same inputs give the same bytes, so a video redone after a crash is rewritten identically under the
+same names.
+
 ``MaskFileWriter`` writes the files. The ``Propagator`` calls it (injected, so ``actors`` never imports
-``pipelines``) with the video's ``MaskSpool`` the moment propagation ends: the masks are read from the
-spool one at a time into a local Parquet file (one row group in memory) that is then uploaded, so neither
-the object store nor any process ever holds a whole long video's masks. ``VideoWriter``, the last stage,
-writes the commit marker naming those files and returns one small summary row per video
-(``SUMMARY_SCHEMA``) for the driver's progress and run record; failures of earlier stages pass through as
-summary rows with their failure.
+``pipelines``) with the video's ``MaskSpool`` and tracks the moment propagation ends: the masks are read
+from the spool one at a time into a local Parquet file (one row group in memory) that is then uploaded, so
+neither the object store nor any process ever holds a whole long video's masks (the track statistics keep
+one area per expression and frame). ``VideoWriter``, the last stage, writes the commit marker naming
+those files and returns one small summary row per video (``SUMMARY_SCHEMA``) for the driver's progress and
+run record; failures of earlier stages pass through as summary rows with their failure.
 """
 
 from __future__ import annotations
@@ -38,12 +48,16 @@ import pyarrow.parquet as pq
 
 from actors import rle as rle_codec
 from actors.mask_spool import MaskSpool
-from actors.video_rows import VideoOutput, VideoSource, failure_json, payload_of
+from actors.track_calibration import TrackCalibration
+from actors.track_confidence import track_features, track_stats
+from actors.video_rows import ExpressionTrack, VideoOutput, VideoSource, failure_json, payload_of
 from pipelines.formats import PREDICTION_SCHEMA
 from pipelines.formats.files import encode_mask_png
+from pipelines.formats.track_parquet import track_row, track_table_bytes
 from pipelines.storage import OutputStore, RetryPolicy, WrittenFile, check_relative, video_key
 
 MASKS_DIR = "masks"
+TRACKS_DIR = "tracks"
 PNG_DIR = "png"
 ROW_GROUP_ROWS = 4096
 ROW_GROUP_BYTES = 4 << 20  # of RLE text: noisy masks of an untrained model run to ~12 KB each
@@ -61,6 +75,10 @@ def masks_path(video_id: str) -> str:
     return f"{MASKS_DIR}/{video_key(video_id)}.parquet"
 
 
+def tracks_path(video_id: str) -> str:
+    return f"{TRACKS_DIR}/{video_key(video_id)}.parquet"
+
+
 def png_path(video_id: str, expr_id: str, frame_name: str) -> str:
     """``png/<video>/<expr_id>/<frame>.png`` with every path part made safe by ``video_key``."""
     parts = [video_key(part) for part in video_id.split("/") if part]
@@ -68,12 +86,13 @@ def png_path(video_id: str, expr_id: str, frame_name: str) -> str:
 
 
 class MaskFileWriter:
-    """Writes a video's spooled masks as its mask files (see the module docstring); picklable, so Ray Data
-    can hand it to every ``Propagator``."""
+    """Writes a video's spooled masks and its tracks as its files (see the module docstring); picklable, so
+    Ray Data can hand it to every ``Propagator``. ``calibration``: gives the tracks their ``confidence``."""
 
     def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None, png: bool,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, calibration: TrackCalibration | None = None) -> None:
         self.output_uri, self.storage_options, self.png, self.retry = output_uri, storage_options, png, retry
+        self.calibration = calibration
         self._store: OutputStore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -85,29 +104,46 @@ class MaskFileWriter:
             self._store = OutputStore(self.output_uri, self.storage_options, self.retry)
         return self._store
 
-    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
+    def write(self, video_id: str, source: VideoSource, size: tuple[int, int], tracks: list[ExpressionTrack],
               spool: MaskSpool) -> list[WrittenFile]:
-        """The video's files (optional PNGs, then the Parquet), written from ``spool``."""
+        """The video's files (optional PNGs, the masks' Parquet, then the tracks'), written from ``spool``;
+        ``tracks[e]`` is the spool's expression ``e``."""
         files: list[WrittenFile] = []
+        expr_ids = [track.expr_id for track in tracks]
         if self.png:
             for mask in spool.rows():
                 pixels = rle_codec.decode({"size": list(size), "counts": mask.counts}, size)
                 relpath = png_path(video_id, expr_ids[mask.expression], source.frame_name(mask.frame))
                 files.append(self.store.write_bytes(relpath, encode_mask_png(np.asarray(pixels, dtype=bool))))
+        areas = np.zeros((len(tracks), spool.num_frames), dtype=np.float64)
         with tempfile.TemporaryDirectory(prefix="vrseg-write-") as scratch:
             local = os.path.join(scratch, "masks.parquet")
             with pq.ParquetWriter(local, PREDICTION_SCHEMA, compression="zstd") as parquet:
-                for rows in _row_groups(video_id, source, size, expr_ids, spool):
+                for rows in _row_groups(video_id, source, size, expr_ids, spool, areas):
                     parquet.write_table(pa.table(rows, schema=PREDICTION_SCHEMA))
             files.append(self.store.put_file(local, masks_path(video_id)))
+        files.append(self.store.write_bytes(tracks_path(video_id), self.track_file(video_id, tracks, spool, areas)))
         return files
+
+    def track_file(self, video_id: str, tracks: list[ExpressionTrack], spool: MaskSpool,
+                   areas: np.ndarray) -> bytes:
+        """The tracks' Parquet: per expression its statistics over the spooled frames, its features and, with
+        a calibration, its confidence; ``areas`` (E, T): mask areas as fractions of the frame."""
+        rows = []
+        for e, track in enumerate(tracks):
+            stats = track_stats(spool.scores(e), spool.present(e), areas[e])
+            features = track_features(track.moment.find_scores, track.key_scores, stats)
+            confidence = None if self.calibration is None else float(self.calibration.predict(features)[0])
+            rows.append(track_row(video_id, track, stats, features, confidence))
+        return track_table_bytes(rows)
 
 
 def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
-                spool: MaskSpool) -> Iterator[dict[str, list[Any]]]:
-    """The Parquet rows of one video (see the module docstring), a row group at a time."""
+                spool: MaskSpool, areas: np.ndarray) -> Iterator[dict[str, list[Any]]]:
+    """The Parquet rows of one video (see the module docstring), a row group at a time; fills ``areas``
+    (E, T) with each mask's area as a fraction of the frame on the way."""
     rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
-    rle_bytes = 0
+    rle_bytes, pixels = 0, size[0] * size[1]
     for mask in spool.rows():
         rows["video_id"].append(video_id)
         rows["expr_id"].append(expr_ids[mask.expression])
@@ -117,6 +153,8 @@ def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_
         rows["width"].append(size[1])
         rows["rle"].append(mask.counts)
         rows["score"].append(mask.score)
+        rows["present"].append(mask.present)
+        areas[mask.expression, mask.frame] = rle_codec.area({"size": list(size), "counts": mask.counts}) / pixels
         rle_bytes += len(mask.counts)
         if len(rows["rle"]) == ROW_GROUP_ROWS or rle_bytes >= ROW_GROUP_BYTES:
             yield rows

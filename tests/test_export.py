@@ -65,13 +65,13 @@ def write_video(output: str, video_id: str, frame_names: list[str], expressions:
     with MaskSpool(len(expr_ids), frames) as spool:
         for e, expr_id in enumerate(expr_ids):
             for t, mask in enumerate(expressions[expr_id][1]):
-                spool.put(e, t, rle.encode(mask)["counts"], 0.5 + 0.1 * t)
+                spool.put(e, t, rle.encode(mask)["counts"], 0.5 + 0.1 * t, bool(mask.any()))
+        tracks = [ExpressionTrack(e, expressions[e][0], 0, [0], [], ExpressionMoment(0.0, 0.1, [0], [0.5]), [0.5], [])
+                  for e in expr_ids]
         files = MaskFileWriter(output, None, png=False).write(
             video_id, VideoSource(video_uri=f"file:///videos/{video_id}.mp4", frame_names=frame_names),
-            (height, width), expr_ids, spool)
+            (height, width), tracks, spool)
     if commit:
-        tracks = [ExpressionTrack(e, expressions[e][0], 0, [0], [], ExpressionMoment(0.0, 0.1, [0], [0.5]))
-                  for e in expr_ids]
         extra = VideoMasks(frames, 10.0, height, width, tracks, files).commit_extra()
         if not marker_texts:
             for expression in extra["expressions"]:

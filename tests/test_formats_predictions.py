@@ -115,6 +115,14 @@ def test_parquet_files_holding_several_videos_any_name(tmp_path: Path) -> None:
     _assert_lookup(open_predictions(str(tmp_path), _dataset()))
 
 
+def test_parquet_written_before_the_present_column_still_reads(tmp_path: Path) -> None:
+    rows = [prediction_row(p) for p in _predictions()]
+    assert {r["present"] for r in rows} == {None}  # unknown for predictions from elsewhere
+    pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA).drop_columns(["present"]),
+                   tmp_path / "old.parquet")
+    _assert_lookup(open_predictions(str(tmp_path), _dataset()))
+
+
 @pytest.mark.parametrize(("layout", "prefix"), [("mevis", ""), ("refytvos", "Annotations/")])
 def test_codalab_zip_round_trip(tmp_path: Path, layout: str, prefix: str) -> None:
     target = tmp_path / "submission.zip"

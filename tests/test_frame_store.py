@@ -105,24 +105,26 @@ def test_store_over_budget_falls_back_to_the_decoder_and_says_so(long_gop_video:
 
 
 def test_mask_spool_returns_masks_sorted_whatever_the_arrival_order(tmp_path: Path) -> None:
-    arrivals = [(1, 2, "c12", 0.5), (0, 1, "a1", 0.25), (1, 0, "c10", 0.75), (0, 0, "a0", 1.0),
-                (1, 1, "c11", 0.125), (0, 2, "a2-old", 0.0), (0, 2, "a2", 0.5)]
+    arrivals = [(1, 2, "c12", 0.5, True), (0, 1, "a1", 0.25, False), (1, 0, "c10", 0.75, True),
+                (0, 0, "a0", 1.0, True), (1, 1, "c11", 0.125, False), (0, 2, "a2-old", 0.0, False),
+                (0, 2, "a2", 0.5, True)]
     with MaskSpool(2, 3, str(tmp_path)) as spool:
-        for expression, frame, counts, score in arrivals[:-1]:
-            spool.put(expression, frame, counts, score)
+        for expression, frame, counts, score, present in arrivals[:-1]:
+            spool.put(expression, frame, counts, score, present)
         assert spool.missing(0) == [] and spool.missing(1) == []
         spool.put(*arrivals[-1])
-        rows = [(m.expression, m.frame, m.counts, m.score) for m in spool.rows()]
-        assert rows == [(0, 0, "a0", 1.0), (0, 1, "a1", 0.25), (0, 2, "a2", 0.5),
-                        (1, 0, "c10", 0.75), (1, 1, "c11", 0.125), (1, 2, "c12", 0.5)]
+        rows = [(m.expression, m.frame, m.counts, m.score, m.present) for m in spool.rows()]
+        assert rows == [(0, 0, "a0", 1.0, True), (0, 1, "a1", 0.25, False), (0, 2, "a2", 0.5, True),
+                        (1, 0, "c10", 0.75, True), (1, 1, "c11", 0.125, False), (1, 2, "c12", 0.5, True)]
         assert [m.counts for m in spool.rows(1)] == ["c10", "c11", "c12"]
         np.testing.assert_array_equal(spool.scores(0), np.array([1.0, 0.25, 0.5], dtype=np.float32))
+        np.testing.assert_array_equal(spool.present(1), [True, False, True])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_mask_spool_names_missing_frames(tmp_path: Path) -> None:
     with MaskSpool(1, 4, str(tmp_path)) as spool:
-        spool.put(0, 1, "x", 1.0)
+        spool.put(0, 1, "x", 1.0, True)
         assert spool.missing(0) == [0, 2, 3]
         with pytest.raises(RuntimeError, match=r"expression 0 has no mask at frames \[0, 2, 3\]"):
             list(spool.rows())

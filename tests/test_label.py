@@ -22,7 +22,7 @@ from label_corpus import (
 
 from actors import rle as rle_codec
 from pipelines.label import ERRORS_FILE, RUN_RECORD, InputSpec, label
-from pipelines.label_writer import png_path
+from pipelines.label_writer import png_path, tracks_path
 from pipelines.storage import OutputStore, video_key
 from pipelines.video_io import write_mp4
 
@@ -179,6 +179,38 @@ def test_resume_skips_committed_and_redoes_exactly_the_missing_video(s3, ray_loc
     assert np.array_equal(png > 0, rle_codec.decode({"size": list(png.shape), "counts": counts}))
 
 
+def _assert_tracks_agree_with_masks(s3, output: str) -> int:  # noqa: ANN001
+    """Every committed video lists its ``tracks/`` file, with one row per expression of its marker that agrees
+    with its mask rows and its marker; returns how many tracks were checked."""
+    store = OutputStore(output, s3.storage_options)
+    checked = 0
+    for video_id, record in store.committed().items():
+        paths = [f.path for f in record.files]
+        assert tracks_path(video_id) in paths, video_id
+        masks = pq.read_table(io.BytesIO(store.read_bytes(f"masks/{video_key(video_id)}.parquet"))).to_pylist()
+        tracks = pq.read_table(io.BytesIO(store.read_bytes(tracks_path(video_id)))).to_pylist()
+        expressions = record.extra["expressions"]
+        assert [t["expr_id"] for t in tracks] == [e["expr_id"] for e in expressions], video_id
+        for track, marker in zip(tracks, expressions, strict=True):
+            rows = [m for m in masks if m["expr_id"] == track["expr_id"]]
+            non_empty = [rle_codec.area({"size": [m["height"], m["width"]], "counts": m["rle"]}) > 0 for m in rows]
+            assert [m["present"] for m in rows] == non_empty, (video_id, track["expr_id"])
+            assert track["video_id"] == video_id and track["num_frames"] == len(rows) == record.extra["num_frames"]
+            assert track["present_frames"] == sum(non_empty)
+            assert track["no_target"] == (sum(non_empty) == 0)
+            assert [track["start"], track["end"]] == marker["moment"]
+            assert (track["anchor_frame"], track["key_frames"], track["cleared_frames"]) == (
+                marker["anchor"], marker["key_frames"], marker["cleared"])
+            assert set(track["reseed_frames"]) <= set(track["key_frames"]) - {track["anchor_frame"]}
+            assert track["confidence"] is None  # no calibration in the config
+            if not track["no_target"]:
+                scores = [m["score"] for m in rows if m["present"]]
+                assert track["mean_track_score"] == pytest.approx(sum(scores) / len(scores))
+                assert 0.0 < track["area_mean"] <= track["area_max"] <= 1.0
+            checked += 1
+    return checked
+
+
 def test_fused_stages_give_the_split_stages_outputs(s3, ray_local) -> None:  # noqa: ANN001
     """``stages=fused`` (one actor holding both models, one frame store per video) labels exactly what the
     split pools and the single-process engine label."""
@@ -196,6 +228,7 @@ def test_fused_stages_give_the_split_stages_outputs(s3, ray_local) -> None:  # n
     for key, frames in masks.items():
         assert [f for f, _ in frames] == list(range(len(reference[key]))), key
         assert [r for _, r in frames] == reference[key], key
+    assert _assert_tracks_agree_with_masks(s3, output) == len(reference)
 
 
 @pytest.mark.parametrize("video_id", ["../../x", "a/b", ".hidden", "x" * 300])

@@ -53,8 +53,9 @@ class FrameResult:
     """One frame's output for the objects tracked on it (in session order).
 
     ``mask_logits`` (N, H, W) float32 at the session's mask size (default: frame resolution);
-    ``object_scores`` (N,) the tracking score S^t; ``ious`` (N,) predicted IoU; ``is_seed`` tells which
-    objects' outputs are their seed masks.
+    ``object_scores`` (N,) the tracking score S^t; ``present`` whether SAM2 sees each object on the frame
+    (its object-score logit > 0: where it is not, SAM2's gate has set the mask logits to ``NO_OBJ_SCORE``);
+    ``ious`` (N,) predicted IoU; ``is_seed`` tells which objects' outputs are their seed masks.
     """
 
     frame_idx: int
@@ -63,6 +64,7 @@ class FrameResult:
     object_scores: torch.Tensor
     ious: torch.Tensor
     is_seed: list[bool]
+    present: list[bool]
 
 
 @dataclass
@@ -442,4 +444,5 @@ class Sam2VideoSession:
             object_scores=torch.sigmoid(torch.tensor([outputs[o][1] for o in active])),
             ious=torch.tensor([outputs[o][2] for o in active]),
             is_seed=[frame_idx in self._objects[o].seeds for o in active],
+            present=[outputs[o][1] > 0 for o in active],
         )

@@ -2,7 +2,9 @@
 
 Columns (``PREDICTION_SCHEMA``): ``video_id``, ``expr_id``, ``frame_idx``, ``frame_name``, ``height``,
 ``width``, ``rle`` (the compressed COCO RLE ``counts`` string, pycocotools-compatible with
-``{"size": [height, width], "counts": rle}``) and ``score`` (nullable). ``write_parquet_predictions``
+``{"size": [height, width], "counts": rle}``), ``score`` (nullable) and ``present`` (nullable: whether the
+model says the object is on the frame, as ``vrseg label`` writes it; null where unknown, and absent from
+files written before it existed, which still read). ``write_parquet_predictions``
 writes one file per video (``<root>/<url-quoted video_id>.parquet``); the reader takes every
 ``*.parquet`` below the folder whatever its name (so Ray Data's ``write_parquet`` output works too),
 finds which files hold which videos from their ``video_id`` column, and loads a video's rows on
@@ -36,6 +38,7 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("width", pa.int32(), nullable=False),
     pa.field("rle", pa.string(), nullable=False),
     pa.field("score", pa.float64()),
+    pa.field("present", pa.bool_()),
 ])
 _REQUIRED = ("video_id", "expr_id", "frame_idx", "height", "width", "rle")
 _CACHED_VIDEOS = 2
@@ -47,7 +50,7 @@ def prediction_row(prediction: PredictedMask) -> dict[str, Any]:
     return {
         "video_id": prediction.video_id, "expr_id": prediction.expr_id, "frame_idx": prediction.frame_idx,
         "frame_name": prediction.frame_name, "height": encoded["size"][0], "width": encoded["size"][1],
-        "rle": encoded["counts"], "score": prediction.score,
+        "rle": encoded["counts"], "score": prediction.score, "present": None,
     }
 
 
