@@ -104,6 +104,10 @@ def test_every_expression_gets_every_frame(model, short_video):
         assert out.scores.shape == (20,) and ((out.scores >= 0) & (out.scores <= 1)).all()
         assert out.anchor in out.key_frames and len(out.sampled) == 4
         assert set(out.cleared) <= set(out.key_frames) - {out.anchor}
+        assert set(out.reseeds) <= set(out.key_frames) - {out.anchor}
+        assert len(out.key_scores) == len(out.key_frames) and all(0 <= s <= 1 for s in out.key_scores)
+        # present exactly where the mask is not empty: SAM2's gate empties the masks of absent objects
+        assert out.present.tolist() == [rle_codec.area(r) > 0 for r in out.rles]
     # decoded for [FIND] (uniform) and once into the frame store, which serves everything else
     assert codec.max() <= 2 and delivered.max() <= 2
     assert set(labels.timings) == {"decode_lowres", "find", "sample", "decode_keyframes", "seg", "segment"}
@@ -214,6 +218,10 @@ TABLE9_PASSES = {
     "keyframe": ([{"seeds": [10], "clears": 0}, {"seeds": [10], "clears": 0}], []),
 }
 
+# The key frames each mode's passes fed the key-frame mask in at, besides their start (anchor updating).
+TABLE9_RESEEDS = {"forward": [], "anchor_updating": [6, 10, 15], "memory_cleaning": [6, 10, 15], "bap": [2, 6, 15],
+                  "keyframe": []}
+
 
 @pytest.mark.parametrize("mode", list(TABLE9_PASSES))
 def test_sam2_conditioning_frames_and_clearing_per_table9_row(model, short_video, monkeypatch, mode):
@@ -227,6 +235,8 @@ def test_sam2_conditioning_frames_and_clearing_per_table9_row(model, short_video
     passes, cleared = TABLE9_PASSES[mode]
     assert RecordingSession.passes == passes
     assert masks[0].cleared == cleared
+    assert masks[0].reseeds == TABLE9_RESEEDS[mode]
+    assert len(masks[0].key_scores) == 4
     assert masks[0].anchor == (10 if mode in ("bap", "keyframe") else 2)
     assert len(rles[0]) == video.num_frames
     if mode in ("forward", "anchor_updating", "memory_cleaning"):  # nothing before a one-way pass's start
@@ -280,10 +290,15 @@ def test_one_token_seg_all_decodes_every_frame_from_the_prompt_without_propagati
         with torch.inference_mode():
             expected = sam2.decode_masks(frames, captured[e].prompts.expand(20, -1))
         np.testing.assert_allclose(out.scores, torch.sigmoid(expected.object_score_logits).numpy(), rtol=1e-4)
+        assert out.key_scores == [float(out.scores[f]) for f in out.key_frames]
         logits = torch.nn.functional.interpolate(expected.mask_logits[:, None], size=(48, 64), mode="bilinear",
                                                  align_corners=False)[:, 0]
         for frame in (3, 11, 17):
             assert np.array_equal(rle_codec.decode(out.rles[frame]), (logits[frame] > 0).numpy())
+        visible = (expected.object_score_logits > 0).numpy()
+        non_empty = np.array([rle_codec.area(r) > 0 for r in out.rles])
+        np.testing.assert_array_equal(out.present, visible & non_empty)
+        assert not non_empty[~visible].any()  # absent: empty
 
 
 def test_tks_requires_tda(model):

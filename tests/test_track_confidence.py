@@ -119,3 +119,26 @@ def test_malformed_calibration_file_names_the_file_and_the_problem(tmp_path: Pat
         TrackCalibration.load(str(path))
     with pytest.raises(CalibrationError, match=r"missing\.json: no such file"):
         TrackCalibration.load(str(tmp_path / "missing.json"))
+
+
+def test_the_labeling_config_names_an_optional_calibration(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from actors.config import load_config
+    from pipelines.label import main
+    from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig
+
+    assert load_config(LabelConfig, DEFAULT_LABEL_CONFIG).track_calibration() is None  # unset: confidence null
+    features, labels = _separable(2)
+    fitted = TrackCalibration.fit(features, labels, FEATURE_NAMES)
+    fitted.save(str(tmp_path / "tracks.json"))
+    config = load_config(LabelConfig, DEFAULT_LABEL_CONFIG, [f"tracks.calibration={tmp_path / 'tracks.json'}"])
+    assert config.track_calibration() == fitted
+
+    # fitted on other features: refused before any work, exit status 2 with the file and the problem
+    TrackCalibration.fit(features[:, :2], labels, ["a", "b"]).save(str(tmp_path / "other.json"))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("")
+    status = main(["--manifest", str(manifest), "--output", str(tmp_path / "out"), "--no-progress",
+                   f"tracks.calibration={tmp_path / 'other.json'}"])
+    assert status == 2
+    assert f"other.json: fitted on features ['a', 'b'], the tracks have {list(FEATURE_NAMES)}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
