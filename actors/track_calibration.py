@@ -80,15 +80,14 @@ class TrackCalibration:
         penalty = np.diag([l2] * len(names) + [0.0])
         theta = np.zeros(design.shape[1])
         converged, iterations = False, 0
-        for iterations in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
+        while not converged and iterations < max_iterations:
+            iterations += 1
             p = _sigmoid(design @ theta)
             gradient = design.T @ (p - y) / len(y) + penalty @ theta
             hessian = (design * (p * (1 - p))[:, None]).T @ design / len(y) + penalty
             step = np.linalg.solve(hessian + 1e-12 * np.eye(len(theta)), gradient)
             theta -= step
-            if np.max(np.abs(step)) < tolerance:
-                converged = True
-                break
+            converged = bool(np.max(np.abs(step)) < tolerance)
         weights = theta[:-1] / scale
         bias = float(theta[-1] - np.sum(weights * mean))
         p = np.clip(_sigmoid(x @ weights + bias), 1e-15, 1 - 1e-15)

@@ -12,7 +12,7 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
 3. one row per remaining video flows through fixed-size actor pools with explicit batch sizes:
    ``LowresDecoder`` (CPU) -> ``MLLMWorker`` ([FIND], sampling inline, [SEG]; ``num_gpus`` from config)
    -> ``Propagator`` (SAM2 key-frame masks + BAP, masks spooled to local disk and written as the video's
-   Parquet file and optional PNGs) -> ``VideoWriter`` (the commit marker). Rows carry low-res frames,
+   mask and track Parquet files and optional PNGs) -> ``VideoWriter`` (the commit marker). Rows carry low-res frames,
    samples, prompt embeddings and file records only: the actors that need key frames or the full stream
    open the video themselves, and masks never travel between stages, so no frame stack and no video's
    masks ever enter the object store, and memory stays bounded on long videos (the engine streams frames
