@@ -460,17 +460,20 @@ class MaskStage:
         logit); the recorded anchor is the first key frame (nothing starts there: there is no propagation), and
         a key frame's S^p is its score."""
         to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
-        scores: dict[tuple[int, int], float] = {}
+        keys = [set(s.key_frames.tolist()) for s in samples]
+        key_scores: dict[tuple[int, int], float] = {}
         for chunk in source.stream(0, "forward", source_size, self.config.chunk_size):
             frames = KeyFrames(chunk.indices, resize_frames(chunk.frames, self.frame_size))
             every = [SampleResult(chunk.indices, anchor=None)] * len(samples)
             for (frame, e), prediction in self._frame_predictions(every, prompts, frames).items():
                 rle = to_rle.from_logits(prediction.mask_logits)[0]
                 logit = prediction.object_score_logits[0]
-                scores[(frame, e)] = float(torch.sigmoid(logit))
-                sink.put(e, frame, rle["counts"], scores[(frame, e)], is_present(bool(logit > 0), rle))
+                score = float(torch.sigmoid(logit))
+                if frame in keys[e]:
+                    key_scores[(frame, e)] = score
+                sink.put(e, frame, rle["counts"], score, is_present(bool(logit > 0), rle))
         return [ExpressionMasks(int(s.key_frames[0]), s.key_frames.tolist(),
-                                [scores[(f, e)] for f in s.key_frames.tolist()], [], [])
+                                [key_scores[(f, e)] for f in s.key_frames.tolist()], [], [])
                 for e, s in enumerate(samples)]
 
     # ------------------------------------------------------------------ propagation (BAP)
