@@ -66,9 +66,9 @@ def test_label_through_a_faulty_object_store_loses_nothing(faulty_s3: FaultyS3, 
     stats = faulty_s3.proxy.stats()
     assert (result.done, result.failed, result.errors) == (len(rows), 0, [])
     assert stats.total_faults > 0, stats
-    # the writer actors went through the proxy: one masks file and one marker per video, plus the driver's
-    # errors.parquet and run.json (a PUT the proxy failed before forwarding is sent again)
-    assert stats.requests_by_method.get("PUT", 0) >= 2 * len(rows) + 2, stats
+    # the writer actors went through the proxy: one masks file, one tracks file and one marker per video, plus the
+    # driver's errors.parquet and run.json (a PUT the proxy failed before forwarding is sent again)
+    assert stats.requests_by_method.get("PUT", 0) >= 3 * len(rows) + 2, stats
     store = OutputStore(output, direct.storage_options)
     assert sorted(store.committed()) == sorted(r["video_id"] for r in rows)
     assert pq.read_table(io.BytesIO(store.read_bytes(ERRORS_FILE))).num_rows == 0
