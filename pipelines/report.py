@@ -4,28 +4,32 @@ Pure given the scores: ``build_report`` assembles the JSON document from the hea
 per-expression rows, the missing predictions and the subsets; ``render_html`` turns it into one
 self-contained page (headline table x100 as the papers print it, score histograms, per-subset bars,
 the worst expressions with mask overlays of truth vs prediction); ``write_report`` stores both under
-an fsspec URI. Plots are drawn with matplotlib's object API (no pyplot global state) and embedded as
-base64 PNG, so the page needs nothing beside it; matplotlib is imported on first use only.
+an fsspec URI. Plots and overlays are embedded as base64 PNG with ``pipelines.html_page`` (shared with
+the labeling QA report), so the page needs nothing beside it.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from actors.uri import filesystem_for, join
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from pipelines.html_page import (
+    BASE_STYLE,
+    background,
+    enlarge,
+    figure_base64,
+    img_tag,
+    new_figure,
+    png_base64,
+    tint,
+)
 
 Task = Literal["refvos", "grounding", "image"]
 
@@ -41,8 +45,6 @@ ITEM_KEY: dict[str, str] = {"refvos": "video", "grounding": "video", "image": "i
 
 _TRUTH_RGB = np.array([40, 200, 80], dtype=np.float32)
 _PREDICTION_RGB = np.array([230, 40, 200], dtype=np.float32)
-_OVERLAY_ALPHA = 0.55
-_MIN_PANEL_HEIGHT = 160
 
 
 class ReportError(ValueError):
@@ -193,32 +195,6 @@ def headline_text(report: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _png_base64(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    """A matplotlib figure; matplotlib is imported here, on first use, so that the scoring workers,
-    which import ``pipelines.evaluate`` (and so this module) but draw nothing, do not pay for it."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def _figure_base64(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _tint(base: np.ndarray, mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-    out = base.astype(np.float32)
-    out[mask] = (1.0 - _OVERLAY_ALPHA) * out[mask] + _OVERLAY_ALPHA * rgb
-    return out.astype(np.uint8)
-
-
 def overlay_panels(frame: OverlayFrame) -> np.ndarray:
     """(H', 2W'+gap, 3) uint8: truth tinted green on the left, prediction tinted magenta on the right.
 
@@ -232,27 +208,17 @@ def overlay_panels(frame: OverlayFrame) -> np.ndarray:
             f"frame {frame.frame_idx}: truth {truth.shape} and prediction {prediction.shape} must be equal (H, W)"
         )
     height, width = truth.shape
-    if frame.image is None:
-        base = np.full((height, width, 3), 110, dtype=np.uint8)
-    else:
-        base = np.asarray(frame.image, dtype=np.uint8)
-        if base.shape[:2] != (height, width):
-            base = np.asarray(Image.fromarray(base).convert("RGB").resize((width, height), Image.BILINEAR))
-        elif base.ndim == 2:
-            base = np.repeat(base[:, :, None], 3, axis=2)
+    base = background(frame.image, height, width)
     gap = np.full((height, max(2, width // 40), 3), 255, dtype=np.uint8)
-    panels = np.concatenate([_tint(base, truth, _TRUTH_RGB), gap, _tint(base, prediction, _PREDICTION_RGB)], axis=1)
-    scale = math.ceil(_MIN_PANEL_HEIGHT / height) if height < _MIN_PANEL_HEIGHT else 1
-    if scale > 1:
-        panels = panels.repeat(scale, axis=0).repeat(scale, axis=1)
-    return panels
+    return enlarge(np.concatenate([tint(base, truth, _TRUTH_RGB), gap, tint(base, prediction, _PREDICTION_RGB)],
+                                  axis=1))
 
 
 def _histograms(report: Mapping[str, Any]) -> str:
     task = report["task"]
     keys = ("J", "F", "J&F") if task == "refvos" else ("IoU",)
     rows = report["per_expression"]
-    figure = _new_figure(3.2 * len(keys), 2.6)
+    figure = new_figure(3.2 * len(keys), 2.6)
     axes = figure.subplots(1, len(keys), squeeze=False)[0]
     bins = np.linspace(0.0, 100.0, 21)
     for axis, key in zip(axes, keys, strict=True):
@@ -263,7 +229,7 @@ def _histograms(report: Mapping[str, Any]) -> str:
         axis.set_xlim(0, 100)
         axis.yaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("count")
-    return _figure_base64(figure)
+    return figure_base64(figure)
 
 
 def _subset_bars(report: Mapping[str, Any]) -> str | None:
@@ -272,7 +238,7 @@ def _subset_bars(report: Mapping[str, Any]) -> str | None:
     if not subsets:
         return None
     names = list(subsets)
-    figure = _new_figure(max(4.0, 1.1 * len(names) + 2.0), 3.0)
+    figure = new_figure(max(4.0, 1.1 * len(names) + 2.0), 3.0)
     axis = figure.subplots()
     width = 0.8 / len(keys)
     positions = np.arange(len(names))
@@ -283,7 +249,7 @@ def _subset_bars(report: Mapping[str, Any]) -> str | None:
     axis.set_ylim(0, 100)
     axis.set_ylabel("score (x100)")
     axis.legend(loc="upper right", fontsize="small")
-    return _figure_base64(figure)
+    return figure_base64(figure)
 
 
 def _x100(value: Any) -> str:
@@ -356,9 +322,8 @@ def _worst_table(report: Mapping[str, Any], count: int) -> str:
 
 def _failure_section(failure: Failure, score_name: str) -> str:
     frames = "".join(
-        "<figure>"
-        f"<img alt='frame {f.frame_idx}' src='data:image/png;base64,{_png_base64(overlay_panels(f))}'>"
-        f"<figcaption>frame {f.frame_idx}" + (f" · J {_x100(f.J)}" if f.J is not None else "") + "</figcaption>"
+        "<figure>" + img_tag(f"frame {f.frame_idx}", png_base64(overlay_panels(f)))
+        + f"<figcaption>frame {f.frame_idx}" + (f" · J {_x100(f.J)}" if f.J is not None else "") + "</figcaption>"
         "</figure>"
         for f in failure.frames
     )
@@ -368,17 +333,9 @@ def _failure_section(failure: Failure, score_name: str) -> str:
     )
 
 
-_STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f0f0f0; }
-td.headline { font-weight: bold; font-size: 1.2em; }
+_STYLE = BASE_STYLE + """
 tr.missing td { color: #b00; }
 ul.because { color: #555; }
-.failure figure { display: inline-block; margin: 0.3em; }
-.failure figcaption { font-size: 0.85em; text-align: center; }
-.legend span { padding: 0 0.5em; margin-right: 1em; }
 """
 
 
@@ -391,13 +348,13 @@ def render_html(report: Mapping[str, Any], failures: Sequence[Failure] = (), wor
         "<h2>Headline (x100)</h2>",
         _headline_table(report),
         "<h2>Score histograms</h2>",
-        f"<img alt='score histograms' src='data:image/png;base64,{_histograms(report)}'>",
+        img_tag("score histograms", _histograms(report)),
     ]
     if report["subsets"]:
         parts += ["<h2>Subsets (x100)</h2>", _subset_table(report)]
         bars = _subset_bars(report)
         if bars is not None:
-            parts.append(f"<img alt='per-subset scores' src='data:image/png;base64,{bars}'>")
+            parts.append(img_tag("per-subset scores", bars))
     if report["missing"]:
         item = ITEM_KEY[report["task"]]
         listed = "".join(
