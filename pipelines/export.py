@@ -48,7 +48,7 @@ from actors.config import ConfigError, load_config
 from actors.uri import filesystem_for, parent, redact
 from pipelines.formats.model import FormatError
 from pipelines.label_writer import MASKS_DIR
-from pipelines.manifest import InputLimits, LabelEntry, manifest_files, manifest_items
+from pipelines.manifest import READ_BACK_LIMITS, LabelEntry, manifest_files, manifest_items
 from pipelines.preflight import check_credentials
 from pipelines.storage import COMMIT_DIR, CommitRecord, OutputStore, StorageError
 
@@ -56,8 +56,6 @@ FORMATS = ("ytvis", "coco")
 CATEGORY_ID = 1
 CATEGORIES = [{"id": CATEGORY_ID, "name": "object", "supercategory": "object"}]
 FRAME_SUFFIX = ".jpg"
-# Texts are read back, not checked again: every expression the labeler accepted must be found.
-_READ_BACK_LIMITS = InputLimits(max_expression_chars=1 << 30, max_expressions_per_video=1 << 30)
 
 
 @dataclass
@@ -194,7 +192,7 @@ def expression_texts(manifest_uri: str, video_ids: set[str],
     """``(video_id, expr_id) -> text`` from a labeling manifest, for the videos ``video_ids`` only."""
     texts: dict[tuple[str, str], str] = {}
     files = manifest_files(manifest_uri, storage_options)
-    for item in manifest_items(manifest_uri, files, storage_options, _READ_BACK_LIMITS):
+    for item in manifest_items(manifest_uri, files, storage_options, READ_BACK_LIMITS):
         if isinstance(item, LabelEntry) and item.video_id in video_ids:
             texts.update({(item.video_id, expr_id): text for expr_id, text in item.queries})
     return texts

@@ -65,10 +65,9 @@ from pipelines.label_writer import MaskFileWriter, VideoWriter
 from pipelines.manifest import drop_duplicates, entries_from_dataset, entries_from_folder
 from pipelines.overlays import write_overlays
 from pipelines.preflight import check_credentials
-from pipelines.storage import OutputStore, StorageError
+from pipelines.storage import RUN_RECORD, OutputStore, StorageError
 
 DATASET_FORMATS = ("mevis", "revos", "reasonvos", "refytvos", "refdavis17")
-RUN_RECORD = "run.json"
 FAILURES_PER_CALL = 256  # failure rows the driver sends to the ErrorLog at a time
 PACKAGES = ("torch", "ray", "sam2", "transformers", "peft", "decord", "pyarrow", "fsspec", "s3fs", "numpy")
 # what stops a job before any work (exit status 2): bad config, unreadable inputs or output

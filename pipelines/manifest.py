@@ -62,6 +62,10 @@ class InputLimits:
             raise ValueError(f"inputs.reader_num_cpus must be >= 0, got {self.reader_num_cpus}")
 
 
+# For reading back the texts of a labeled manifest: every expression the labeler accepted must be found.
+READ_BACK_LIMITS = InputLimits(max_expression_chars=1 << 30, max_expressions_per_video=1 << 30)
+
+
 @dataclass(frozen=True)
 class InputIssue:
     """One error row from reading the inputs (stage ``input``)."""

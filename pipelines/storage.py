@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COMMIT_DIR = "_committed"
 MARKER_FORMAT = 1
+RUN_RECORD = "run.json"  # the run's record under the output root (``vrseg label``, ``vrseg ground``)
 
 
 

@@ -10,16 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from label_outputs import write_video
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from actors import rle
-from actors.grounding import ExpressionMoment
-from actors.mask_spool import MaskSpool
-from actors.video_rows import ExpressionTrack, VideoMasks, VideoSource
 from pipelines.cli import SUBCOMMAND_MODULES
 from pipelines.export import export, register
-from pipelines.label_writer import MaskFileWriter
 from pipelines.storage import OutputStore
 
 
@@ -54,29 +50,6 @@ VIDEOS = {
     "b/clip": (["f10", "f20", "f30"], {"a": ("noise", noisy(3, 5, 7, seed=3))}),
 }
 UNCOMMITTED = ("crashed", (["00000"], {"0": ("half written", np.ones((1, 4, 4), dtype=bool))}))
-
-
-def write_video(output: str, video_id: str, frame_names: list[str], expressions: dict, commit: bool = True,
-                marker_texts: bool = True) -> None:
-    """One video's labels as ``vrseg label`` writes them: spool -> ``MaskFileWriter`` -> commit marker (without
-    the expressions' texts when not ``marker_texts``: a marker written before markers carried them)."""
-    expr_ids = list(expressions)
-    frames, height, width = next(iter(expressions.values()))[1].shape
-    with MaskSpool(len(expr_ids), frames) as spool:
-        for e, expr_id in enumerate(expr_ids):
-            for t, mask in enumerate(expressions[expr_id][1]):
-                spool.put(e, t, rle.encode(mask)["counts"], 0.5 + 0.1 * t, bool(mask.any()))
-        tracks = [ExpressionTrack(e, expressions[e][0], 0, [0], [], ExpressionMoment(0.0, 0.1, [0], [0.5]), [0.5], [])
-                  for e in expr_ids]
-        files = MaskFileWriter(output, None, png=False).write(
-            video_id, VideoSource(video_uri=f"file:///videos/{video_id}.mp4", frame_names=frame_names),
-            (height, width), tracks, spool)
-    if commit:
-        extra = VideoMasks(frames, 10.0, height, width, tracks, files).commit_extra()
-        if not marker_texts:
-            for expression in extra["expressions"]:
-                del expression["text"]
-        OutputStore(output).commit(video_id, files, extra)
 
 
 @pytest.fixture()
