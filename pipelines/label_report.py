@@ -51,10 +51,10 @@ from pipelines.storage import OutputStore, StorageError
 
 REPORT_FILE = "report.html"
 REVIEW_FILE = "review.jsonl"
-_UNCALIBRATED = ("No calibration was configured (<code>tracks.calibration</code>), so every track's "
-                 "<code>confidence</code> is null. Tracks are ranked by the <b>uncalibrated</b> fallback "
-                 "<code>mean_track_score</code> (SAM2's mean per-frame score over the frames where the object is "
-                 "present; 0 for a no-target track): it orders tracks but is not a probability.")
+_UNCALIBRATED = ("{missing} of {total} tracks have no <code>confidence</code> (the run that labeled them had no "
+                 "calibration, <code>tracks.calibration</code>), so every track is ranked by the <b>uncalibrated</b> "
+                 "fallback <code>mean_track_score</code> (SAM2's mean per-frame score over the frames where the object "
+                 "is present; 0 for a no-target track): it orders tracks but is not a probability.")
 _STYLE = BASE_STYLE + """
 th { text-align: left; }
 td.text { text-align: left; max-width: 40em; }
@@ -150,9 +150,11 @@ def _histogram(scored: Sequence[tuple[float, Track]], kind: ScoreKind) -> str:
     axis.set_xlabel("confidence" if kind == "confidence" else "mean_track_score (uncalibrated)")
     axis.set_ylabel("tracks")
     axis.set_xlim(0.0, 1.0)
+    axis.yaxis.get_major_locator().set_params(integer=True)
     axis.legend(loc="upper left", fontsize="small")
     title = "Track confidence" if kind == "confidence" else "Uncalibrated fallback score (no calibration)"
-    note = "" if kind == "confidence" else f"<p class='note'>{_UNCALIBRATED}</p>"
+    missing = sum(t.confidence is None for _, t in scored)
+    note = "" if kind == "confidence" else f"<p class='note'>{_UNCALIBRATED.format(missing=missing, total=len(scored))}</p>"
     return f"<h2>{title}</h2>{note}" + img_tag(title, figure_base64(figure))
 
 
@@ -230,8 +232,10 @@ def write_label_report(labels_uri: str, out_uri: str | None = None, review: int 
     output = read_labeling_output(labels_uri, options, manifest)
     items = review_list(output.tracks, review)
     labels = OutputStore(labels_uri, options)
+    unplaced = ("no labeling manifest (run.json names none; give --manifest)" if output.manifest is None
+                else f"video not in the labeling manifest {redact(output.manifest)}")
     strips = [track_strip(labels, output.records[i["video"]], i["expr_id"], output.video_sources.get(i["video"]),
-                          config.strip_frames, options)
+                          config.strip_frames, options, unplaced)
               for i in items[:config.strips]]
     out = OutputStore(out_uri, options)
     out.write_bytes(REVIEW_FILE, review_jsonl(items))

@@ -68,10 +68,10 @@ def _masks(store: OutputStore, record: CommitRecord, expr_id: str,
 
 
 def _video_frames(source: VideoSource | None, indices: list[int], size: tuple[int, int],
-                  storage_options: Mapping[str, Any] | None) -> tuple[np.ndarray | None, str]:
-    """(N, H, W, 3) frames at ``size``, or None and why not."""
+                  storage_options: Mapping[str, Any] | None, unplaced: str) -> tuple[np.ndarray | None, str]:
+    """(N, H, W, 3) frames at ``size``, or None and why not (``unplaced``: why the source is unknown)."""
     if source is None:
-        return None, "video location unknown (no labeling manifest): masks only"
+        return None, f"video location unknown ({unplaced}): masks only"
     try:
         with open_source(source, storage_options, DecoderConfig()) as video:
             return video.get(indices, size), ""
@@ -80,14 +80,16 @@ def _video_frames(source: VideoSource | None, indices: list[int], size: tuple[in
 
 
 def track_strip(store: OutputStore, record: CommitRecord, expr_id: str, source: VideoSource | None,
-                frames: int, storage_options: Mapping[str, Any] | None = None) -> Strip:
-    """The strip of ``expr_id`` in the committed video ``record`` (see the module docstring)."""
+                frames: int, storage_options: Mapping[str, Any] | None = None,
+                unplaced: str = "no labeling manifest") -> Strip:
+    """The strip of ``expr_id`` in the committed video ``record`` (see the module docstring); ``unplaced``
+    says why ``source`` is None, if it is."""
     num_frames = int(record.extra.get("num_frames") or 0)
     masks = _masks(store, record, expr_id, strip_frames(num_frames, frames)) if num_frames else []
     if not masks:
         return Strip((), "no mask rows for this expression")
     size = masks[0][2].shape
-    images, note = _video_frames(source, [m[0] for m in masks], size, storage_options)
+    images, note = _video_frames(source, [m[0] for m in masks], size, storage_options, unplaced)
     panels = tuple(
         StripFrame(frame, present, enlarge(tint(background(None if images is None else images[i], *size), mask,
                                                 MASK_RGB)))

@@ -134,8 +134,10 @@ def test_report_page_is_self_contained_and_counts_the_output(labels):
     assert "<td>not_video</td><td>1</td><td>not a video</td>" in page
     assert "<td>empty_expression</td><td>1</td>" in page
     assert "<td>videos / s</td><td>0.200</td>" in page and "<td>propagate</td><td>4.000</td>" in page
-    assert "Uncalibrated fallback score" in page and "tracks.calibration" in page
-    assert "video location unknown (no labeling manifest): masks only" in page  # b/flaky is not in the manifest
+    assert "Uncalibrated fallback score" in page and "5 of 5 tracks have no <code>confidence</code>" in page
+    manifest = json.loads((Path(labels) / RUN_RECORD).read_text())["inputs"]["manifest"]
+    # b/flaky is not in the manifest
+    assert f"video location unknown (video not in the labeling manifest {manifest}): masks only" in page
     assert len(review_lines(labels)) == 3
 
 
