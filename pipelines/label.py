@@ -21,7 +21,7 @@ The program reads top to bottom as the data flow (ARCHITECTURE "One video throug
 4. the driver shows progress; error rows stream to ``errors/errors.parquet`` (``pipelines.error_log``: input
    issues of this run's inputs and the failures of this run's videos, the current failure set, since failed
    videos are never committed and so are retried by the next run); then optional overlay videos and
-   ``run.json``.
+   ``run.json``; with ``--report``, the output's QA report and review list (``pipelines.label_report``).
 
 ``pipelines.ground`` (``vrseg ground``) runs the same program with the ``[FIND]`` pass as its only model
 stage: ``decoded_rows``, ``committed_rows`` and the driver's ``run_pending`` are shared.
@@ -61,6 +61,7 @@ from pipelines.error_log import ERRORS_FILE, error_log, failure_row
 from pipelines.formats import FormatError, read_dataset
 from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig, PoolConfig, RayConfig, load_label_config
 from pipelines.label_inputs import LabelInput, ListedInput, ManifestInput
+from pipelines.label_report import LabelReportConfig, write_label_report
 from pipelines.label_writer import MaskFileWriter, VideoWriter
 from pipelines.manifest import drop_duplicates, entries_from_dataset, entries_from_folder
 from pipelines.overlays import write_overlays
@@ -388,7 +389,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary_line(result))
     print(f"vrseg label: outputs under {redact(args.output)} (masks/, tracks/, errors/, run.json)")
+    if args.report:
+        print(report_line(args.output, resolved_storage_options(config.storage_options, [args.output])))
     return exit_status("label", result, args.output, args.allow_failures)
+
+
+def report_line(output_uri: str, storage_options: Mapping[str, Any]) -> str:
+    """``--report``: write the output's QA report and review list (``pipelines.label_report``, the defaults of
+    ``vrseg report``) into it; the line saying where, or why there is none (no video committed)."""
+    try:
+        summary = write_label_report(output_uri, config=LabelReportConfig(storage_options=dict(storage_options)))
+    except FormatError as exc:
+        return f"vrseg label: no QA report: {redact(str(exc))}"
+    return f"vrseg label: QA report {redact(summary.report)}, review list {redact(summary.review)}"
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
@@ -423,6 +436,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--expressions", help="with --videos: .txt (one expression per line, every video) or .json")
     parser.add_argument("--png", action="store_true", help="also write the PNG layout under png/")
     parser.add_argument("--overlays", type=int, default=0, metavar="N", help="write N overlay videos under overlays/")
+    parser.add_argument("--report", action="store_true",
+                        help="then write report.html and review.jsonl into the output (as vrseg report --labels)")
     add_job_arguments(parser, "configs/label/<name>.yaml (default: the embedded default, configs/label/tiny.yaml)")
     parser.set_defaults(func=run)
 

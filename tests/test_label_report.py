@@ -192,3 +192,20 @@ def test_a_bad_labels_uri_is_one_line_naming_it_with_status_2(tmp_path, capsys):
     error = capsys.readouterr().err
     assert uncommitted in error and "no commit markers" in error and len(error.splitlines()) == 1
     assert not (Path(uncommitted) / REPORT_FILE).exists()
+
+
+def test_label_with_report_writes_it_into_the_output_or_says_why_not(tmp_path):
+    from pipelines.label import register as register_label
+    from pipelines.label import report_line
+
+    parser = argparse.ArgumentParser(prog="vrseg")
+    register_label(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["label", "--manifest", "m.jsonl", "--output", "out", "--report"]).report
+
+    output = make_output(tmp_path)
+    assert report_line(output, {}) == (f"vrseg label: QA report {output}/{REPORT_FILE}, review list "
+                                       f"{output}/{REVIEW_FILE}")
+    assert len(review_lines(output)) == 5  # vrseg report's default N (100) keeps every track
+    empty = tmp_path / "nothing committed"
+    empty.mkdir()
+    assert report_line(str(empty), {}).startswith(f"vrseg label: no QA report: file {empty}: not a labeling output")
