@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from actors.uri import parent, redact
@@ -51,6 +51,7 @@ class LabelingOutput:
     """A labeling output as the QA report sees it (see the module docstring)."""
 
     uri: str
+    store: OutputStore
     records: dict[str, CommitRecord]
     tracks: list[Track]
     without_tracks: list[str]
@@ -92,20 +93,20 @@ def read_tracks(store: OutputStore, record: CommitRecord) -> list[Track] | None:
 
 
 def read_failures(store: OutputStore) -> tuple[list[FailureKind], bool]:
-    """The failure rows by kind (most frequent first, then by name) and whether ``errors/errors.parquet`` exists."""
+    """The failure rows by kind (most frequent first, then by name) and whether ``errors/errors.parquet`` exists;
+    counted column-wise, so only ``FAILURE_SAMPLES`` messages per kind become Python strings."""
     try:
         data = store.read_bytes(ERRORS_FILE)
     except FileNotFoundError:
         return [], False
-    rows = pq.read_table(io.BytesIO(data), columns=["kind", "message"]).to_pylist()
-    counts = Counter(row["kind"] for row in rows)
-    samples: dict[str, list[str]] = {}
-    for row in rows:
-        kept = samples.setdefault(row["kind"], [])
-        if len(kept) < FAILURE_SAMPLES:
-            kept.append(redact(str(row["message"]).splitlines()[0] if row["message"] else ""))
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [FailureKind(kind, count, tuple(samples[kind])) for kind, count in ordered], True
+    table = pq.read_table(io.BytesIO(data), columns=["kind", "message"])
+    counts = table.group_by("kind").aggregate([("kind", "count")]).to_pylist()
+    failures = []
+    for entry in sorted(counts, key=lambda item: (-item["kind_count"], item["kind"])):
+        messages = table.filter(pc.equal(table["kind"], entry["kind"]))["message"].slice(0, FAILURE_SAMPLES)
+        samples = tuple(redact(str(m).splitlines()[0]) if m else "" for m in messages.to_pylist())
+        failures.append(FailureKind(entry["kind"], entry["kind_count"], samples))
+    return failures, True
 
 
 def read_run(store: OutputStore) -> dict[str, Any] | None:
@@ -158,5 +159,5 @@ def read_labeling_output(uri: str, storage_options: Mapping[str, Any] | None = N
     fallback = run_source(run)
     sources = {r.video_id: redact(parent(video_sources[r.video_id].uri)) if r.video_id in video_sources else fallback
                for r in records}
-    return LabelingOutput(uri, {r.video_id: r for r in records}, tracks, without_tracks, failures, errors_file,
+    return LabelingOutput(uri, store, {r.video_id: r for r in records}, tracks, without_tracks, failures, errors_file,
                           run, sources, video_sources, manifest)

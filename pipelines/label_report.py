@@ -161,7 +161,7 @@ def _histogram(scored: Sequence[tuple[float, Track]], kind: ScoreKind) -> str:
 def _per_source(output: LabelingOutput, scored: Sequence[tuple[float, Track]]) -> str:
     by_source: dict[str, list[tuple[float, Track]]] = {}
     for score, track in scored:
-        by_source.setdefault(output.sources.get(track.video_id, "unknown"), []).append((score, track))
+        by_source.setdefault(output.sources[track.video_id], []).append((score, track))
     videos = Counter(output.sources.values())
     rows = [(source, videos[source], len(items), sum(t.no_target for _, t in items),
              sum(s < LOW_SCORE for s, _ in items), statistics.median(s for s, _ in items))
@@ -231,10 +231,9 @@ def write_label_report(labels_uri: str, out_uri: str | None = None, review: int 
     check_credentials([u for u in (labels_uri, out_uri, manifest) if u], options)
     output = read_labeling_output(labels_uri, options, manifest)
     items = review_list(output.tracks, review)
-    labels = OutputStore(labels_uri, options)
     unplaced = ("no labeling manifest (run.json names none; give --manifest)" if output.manifest is None
                 else f"video not in the labeling manifest {redact(output.manifest)}")
-    strips = [track_strip(labels, output.records[i["video"]], i["expr_id"], output.video_sources.get(i["video"]),
+    strips = [track_strip(output.store, output.records[i["video"]], i["expr_id"], output.video_sources.get(i["video"]),
                           config.strip_frames, options, unplaced)
               for i in items[:config.strips]]
     out = OutputStore(out_uri, options)

@@ -209,3 +209,15 @@ def test_label_with_report_writes_it_into_the_output_or_says_why_not(tmp_path):
     empty = tmp_path / "nothing committed"
     empty.mkdir()
     assert report_line(str(empty), {}).startswith(f"vrseg label: no QA report: file {empty}: not a labeling output")
+
+
+def test_an_output_without_run_record_errors_or_manifest_says_so(tmp_path):
+    output = str(tmp_path / "bare")
+    write_video(output, "solo", ["00000", "00001", "00002"], {"0": ("a box", box_masks(3, 8, 8, {0: (1, 1, 4, 4)}))})
+    write_label_report(output, review=1)
+    page = (Path(output) / REPORT_FILE).read_text()
+
+    assert "No <code>run.json</code> in this output." in page
+    assert "No <code>errors/errors.parquet</code> in this output." in page
+    assert "video location unknown (no labeling manifest (run.json names none; give --manifest)): masks only" in page
+    assert [(i["video"], i["reasons"]) for i in review_lines(output)] == [("solo", ["track_drops"])]
