@@ -22,7 +22,7 @@ from actors.track_calibration import TrackCalibration
 from actors.track_confidence import FEATURE_NAMES
 from pipelines.cli import SUBCOMMAND_MODULES
 from pipelines.error_log import ErrorLog
-from pipelines.label_report import REPORT_FILE, REVIEW_FILE, register, write_label_report
+from pipelines.label_report import REPORT_FILE, REVIEW_FILE, LabelReportConfig, register, write_label_report
 from pipelines.storage import RUN_RECORD, OutputStore
 from pipelines.video_io import write_mp4
 
@@ -221,3 +221,19 @@ def test_an_output_without_run_record_errors_or_manifest_says_so(tmp_path):
     assert "No <code>errors/errors.parquet</code> in this output." in page
     assert "video location unknown (no labeling manifest (run.json names none; give --manifest)): masks only" in page
     assert [(i["video"], i["reasons"]) for i in review_lines(output)] == [("solo", ["track_drops"])]
+
+
+def test_report_of_an_output_in_s3(tmp_path, s3, capsys):
+    local = make_output(tmp_path)
+    s3.filesystem().put(local, s3.uri("runs", "labels").removeprefix("s3://"), recursive=True)
+    labels = s3.uri("runs", "labels")
+
+    summary = write_label_report(labels, review=2, config=LabelReportConfig(storage_options=s3.storage_options))
+    fs = s3.filesystem()
+    assert summary.report == f"{labels}/{REPORT_FILE}" and fs.exists(summary.report.removeprefix("s3://"))
+    lines = [json.loads(line) for line in fs.cat(summary.review.removeprefix("s3://")).decode().splitlines()]
+    assert [(i["video"], i["expr_id"]) for i in lines] == [(v, e) for v, e, _, _ in EXPECTED[:2]]
+
+    capsys.readouterr()
+    assert vrseg(["report", "--labels", s3.uri("runs", "nothing")]) == 2
+    assert f"file {s3.uri('runs', 'nothing')}: no such labeling output" in capsys.readouterr().err
