@@ -35,7 +35,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,13 +43,14 @@ from typing import Any, TextIO
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from actors.config import ConfigError, load_config
+from actors.config import load_config
 from actors.uri import filesystem_for, parent, redact
+from pipelines.command_line import run_command
 from pipelines.formats.model import FormatError
 from pipelines.label_writer import MASKS_DIR
 from pipelines.manifest import READ_BACK_LIMITS, LabelEntry, manifest_files, manifest_items
 from pipelines.preflight import check_credentials
-from pipelines.storage import COMMIT_DIR, CommitRecord, OutputStore, StorageError
+from pipelines.storage import COMMIT_DIR, CommitRecord, OutputStore
 
 FORMATS = ("ytvis", "coco")
 CATEGORY_ID = 1
@@ -344,17 +344,16 @@ def export(labels_uri: str, fmt: str, out_uri: str, manifest_uri: str | None = N
 
 # ---------------------------------------------------------------------------------------- command line
 def run(args: argparse.Namespace) -> int:
-    """The command: one summary line on stdout, or one error line on stderr and exit status 2."""
-    try:
+    """The command (``pipelines.command_line.run_command``)."""
+
+    def work() -> str:
         config = load_config(ExportConfig, args.config, args.overrides)
         summary = export(args.labels, args.format, args.out, args.manifest, config.storage_options)
-    except (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
-        print(f"vrseg export: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    unit = "images" if args.format == "coco" else "frames"
-    print(f"vrseg export: {summary.videos} videos, {summary.images} {unit}, {summary.annotations} annotations "
-          f"({args.format}) -> {redact(summary.out)}")
-    return 0
+        unit = "images" if args.format == "coco" else "frames"
+        return (f"{summary.videos} videos, {summary.images} {unit}, {summary.annotations} annotations "
+                f"({args.format}) -> {redact(summary.out)}")
+
+    return run_command("export", work)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

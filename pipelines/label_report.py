@@ -22,7 +22,6 @@ import argparse
 import html
 import json
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.config import ConfigError, load_config
+from actors.config import load_config
 from actors.uri import redact
-from pipelines.formats.model import FormatError
+from pipelines.command_line import run_command
 from pipelines.html_page import BASE_STYLE, figure_base64, img_tag, new_figure, png_base64
 from pipelines.label_output import LabelingOutput, read_labeling_output
 from pipelines.label_review import (
@@ -47,7 +46,7 @@ from pipelines.label_review import (
 )
 from pipelines.label_strips import Strip, track_strip
 from pipelines.preflight import check_credentials
-from pipelines.storage import OutputStore, StorageError
+from pipelines.storage import OutputStore
 
 REPORT_FILE = "report.html"
 REVIEW_FILE = "review.jsonl"
@@ -244,17 +243,15 @@ def write_label_report(labels_uri: str, out_uri: str | None = None, review: int 
 
 # ---------------------------------------------------------------------------------------- command line
 def run(args: argparse.Namespace) -> int:
-    """The command: one summary line on stdout, or one error line on stderr and exit status 2."""
-    try:
+    """The command (``pipelines.command_line.run_command``)."""
+
+    def work() -> str:
         config = load_config(LabelReportConfig, args.config, args.overrides)
         summary = write_label_report(args.labels, args.out, args.review, args.manifest, config)
-    except (ConfigError, FormatError, StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
-        print(f"vrseg report: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    ranked = "confidence" if summary.score_kind == "confidence" else "uncalibrated mean_track_score"
-    print(f"vrseg report: {redact(summary.report)}; {summary.items} tracks to review ({ranked}) in "
-          f"{redact(summary.review)}")
-    return 0
+        ranked = "confidence" if summary.score_kind == "confidence" else "uncalibrated mean_track_score"
+        return f"{redact(summary.report)}; {summary.items} tracks to review ({ranked}) in {redact(summary.review)}"
+
+    return run_command("report", work)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
