@@ -30,7 +30,12 @@ Choices where the papers leave room (MomentSeg 3.2.1-3.2.3, VRS-HQ, DeSa2VA):
   (sigmoid of the tracked object-score logit, see ``Sam2VideoSession``).
 - The start frame and every key frame a pass reaches with anchor updating output the key-frame mask
   decoded from the prompt; the per-frame score written there is its S^p (``actors.bap`` for the modes).
-  The key frames where a pass fed that mask in besides its start are the track's ``reseeds``.
+  The key frames where a pass fed that mask in besides its start are the track's ``reseeds``; at each, the
+  mask propagation would have output there had the key-frame mask not replaced it (tracked from the object's
+  memory with that frame's own key-frame mask held out, ``Sam2VideoSession.propagate(track_seeds=True)``)
+  is kept as an RLE, ``pre_update`` (MomentSeg Table 13's "Anchor mIoU w/o updating"). It is not the
+  output of a run without anchor updating: the other key frames still condition the memory, as they do in
+  the run whose masks are written.
 - Presence: the object is present on a frame when SAM2's object-score logit there is > 0 (of the tracked
   frame, or of the key-frame mask where one is output) and the mask has a pixel. SAM2's hard gate
   (``actors.model.sam2_bridge.select_mask``) already sets the mask logits to ``NO_OBJ_SCORE`` where the
@@ -133,8 +138,9 @@ class ExpressionLabels:
     is present (see the module docstring); ``relevance`` (T,): the [FIND] logits; ``sampled`` /
     ``key_frames``: the sampler's output; ``key_scores``: S^p of each key frame; ``anchor``: where
     propagation started (the sampler's anchor, or the first key frame); ``reseeds``: key frames where a
-    pass fed the key-frame mask in (anchor updating); ``cleared``: key frames where Eq. 8 cleared the
-    tracked memory (``actors.bap``).
+    pass fed the key-frame mask in (anchor updating); ``pre_update``: per re-seeded frame (in ``reseeds``
+    order) the RLE of the mask tracking gave there before the key-frame mask replaced it (see the module
+    docstring); ``cleared``: key frames where Eq. 8 cleared the tracked memory (``actors.bap``).
     """
 
     expr_id: str
@@ -148,6 +154,7 @@ class ExpressionLabels:
     anchor: int
     reseeds: list[int]
     cleared: list[int]
+    pre_update: list[rle_codec.RLE]
 
 
 @dataclass
@@ -352,6 +359,7 @@ class ExpressionMasks:
     key_scores: list[float]
     reseeds: list[int]
     cleared: list[int]
+    pre_update: list[rle_codec.RLE]
 
 
 class MaskStage:
@@ -393,12 +401,12 @@ class MaskStage:
             for e, s in enumerate(samples)
         ]
         preloaded = dict(zip(key_frames.indices.tolist(), key_frames.frames, strict=True))
-        reseeds, cleared = self._propagate(source, source_size, policies, key_masks, preloaded, sink)
+        reseeds, cleared, pre_update = self._propagate(source, source_size, policies, key_masks, preloaded, sink)
         out = []
         for e, sample in enumerate(samples):
             frames = sample.key_frames.tolist()
             out.append(ExpressionMasks(policies[e].start, frames, [key_masks[e].confidence[f] for f in frames],
-                                       reseeds[e], cleared[e]))
+                                       reseeds[e], cleared[e], pre_update[e]))
         return out
 
     # ------------------------------------------------------------------ key-frame masks
@@ -473,20 +481,23 @@ class MaskStage:
                     key_scores[(frame, e)] = score
                 sink.put(e, frame, rle["counts"], score, is_present(bool(logit > 0), rle))
         return [ExpressionMasks(int(s.key_frames[0]), s.key_frames.tolist(),
-                                [key_scores[(f, e)] for f in s.key_frames.tolist()], [], [])
+                                [key_scores[(f, e)] for f in s.key_frames.tolist()], [], [], [])
                 for e, s in enumerate(samples)]
 
     # ------------------------------------------------------------------ propagation (BAP)
     def _propagate(self, source: FrameSource, source_size: Size, policies: list[PropagationPolicy],
                    key_masks: list[_KeyMasks], preloaded: dict[int, np.ndarray], sink: MaskSink,
-                   ) -> tuple[list[list[int]], list[list[int]]]:
+                   ) -> tuple[list[list[int]], list[list[int]], list[list[rle_codec.RLE]]]:
         """Drive one ``PropagationPolicy`` per expression in lock-step over a shared multi-object session
         per direction; returns each expression's re-seeded key frames (the key-frame mask fed in besides
-        the pass's start) and its key frames where Eq. 8 cleared memory."""
+        the pass's start), its key frames where Eq. 8 cleared memory, and at each re-seeded frame (sorted as
+        those) the RLE of the mask tracking gave before the key-frame mask replaced it."""
         num_frames = source.num_frames
         done = np.zeros((len(policies), num_frames), dtype=bool)
         reseeds: list[list[int]] = [[] for _ in policies]
         cleared: list[list[int]] = [[] for _ in policies]
+        pre_update: list[dict[int, rle_codec.RLE]] = [{} for _ in policies]
+        track_seeds = self.config.propagation.features.anchor_updating
         to_rle = _MaskWriter((source.height, source.width), self.config.mask_threshold)
 
         def emit(e: int, frame: int, rle: rle_codec.RLE, score: float, visible: bool) -> None:
@@ -516,8 +527,14 @@ class MaskStage:
                     seeds.setdefault(frame, {})[e] = key_masks[e].masks[frame]
             for frame in sorted(seeds):  # every conditioning frame of the pass, before it starts
                 session.add_masks(frame, seeds[frame])
-            for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts):
+            for result in session.propagate(start, reverse=direction == BACKWARD, object_starts=starts,
+                                            track_seeds=track_seeds):
                 frame = result.frame_idx
+                probed = list(result.tracked_at_seed)
+                if probed:
+                    rles = to_rle.from_logits(torch.stack([result.tracked_at_seed[e] for e in probed]))
+                    for e, rle in zip(probed, rles, strict=True):
+                        pre_update[e][frame] = rle
                 tracked: list[tuple[int, int, float]] = []  # (expression, row in result, score)
                 for i, e in enumerate(result.obj_ids):
                     if frame == starts[e]:
@@ -541,7 +558,11 @@ class MaskStage:
             missing = np.flatnonzero(~done[e])
             if missing.size:
                 raise RuntimeError(f"propagation left frames {missing[:10].tolist()} of expression {e} without a mask")
-        return [sorted(frames) for frames in reseeds], [sorted(frames) for frames in cleared]
+            if set(pre_update[e]) != set(reseeds[e]):
+                raise RuntimeError(f"expression {e}: re-seeded frames {sorted(reseeds[e])} but a pre-update mask "
+                                   f"at {sorted(pre_update[e])}")
+        return ([sorted(frames) for frames in reseeds], [sorted(frames) for frames in cleared],
+                [[pre_update[e][frame] for frame in sorted(reseeds[e])] for e in range(len(policies))])
 
 
 def require_tda_for_tks(config: EngineConfig, mllm: SegMLLM) -> None:
@@ -601,6 +622,7 @@ class VideoLabeler:
                 anchor=out.anchor,
                 reseeds=out.reseeds,
                 cleared=out.cleared,
+                pre_update=out.pre_update,
             )
             for e, (query, sample, out) in enumerate(zip(queries, samples, masks, strict=True))
         ]

@@ -83,7 +83,7 @@ class VideoSegmenter:
         with MaskSpool(len(queries), frames.num_frames, self.decoder.scratch_dir) as spool:
             masks = self.stage.segment(frames, prompted.samples, prompted.seg_prompts(self.device), decoded, spool)
             tracks = [ExpressionTrack(query.expr_id, query.text, out.anchor, out.key_frames, out.cleared, moment,
-                                      out.key_scores, out.reseeds)
+                                      out.key_scores, out.reseeds, out.pre_update)
                       for query, out, moment in zip(queries, masks, prompted.moments, strict=True)]
             files = self.output.write(video_id, source, (frames.height, frames.width), tracks, spool)
         return VideoMasks(frames.num_frames, frames.fps, frames.height, frames.width, tracks, files,

@@ -117,8 +117,10 @@ def moment_record(expr_id: str, moment: ExpressionMoment) -> dict[str, Any]:
 class ExpressionTrack:
     """What one expression's propagation did (its masks are in the video's mask files): its text, where it
     started, its key frames, the key frames where Eq. 8 cleared memory, its predicted moment, the key
-    frames' prediction confidences S^p (``key_scores``, one per key frame) and the key frames where the
-    key-frame mask was fed in during propagation (``reseeds``: anchor updating)."""
+    frames' prediction confidences S^p (``key_scores``, one per key frame), the key frames where the
+    key-frame mask was fed in during propagation (``reseeds``: anchor updating) and, per re-seeded frame in
+    that order, the COCO RLE (at the video's size) of the mask tracking gave there before the update
+    (``pre_update``, ``actors.engine``: MomentSeg Table 13's "Anchor mIoU w/o updating")."""
 
     expr_id: str
     text: str
@@ -128,6 +130,7 @@ class ExpressionTrack:
     moment: ExpressionMoment
     key_scores: list[float]
     reseeds: list[int]
+    pre_update: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -236,6 +236,10 @@ def test_sam2_conditioning_frames_and_clearing_per_table9_row(model, short_video
     assert RecordingSession.passes == passes
     assert masks[0].cleared == cleared
     assert masks[0].reseeds == TABLE9_RESEEDS[mode]
+    # the mask tracking gave on each re-seeded frame before its key-frame mask replaced it, at the video's size
+    assert len(masks[0].pre_update) == len(masks[0].reseeds)
+    assert all(rle_codec.decode(r, (source.height, source.width)).shape == (source.height, source.width)
+               for r in masks[0].pre_update)
     assert len(masks[0].key_scores) == 4
     assert masks[0].anchor == (10 if mode in ("bap", "keyframe") else 2)
     assert len(rles[0]) == video.num_frames

@@ -29,10 +29,10 @@ def _mask(frame: int, expression: int) -> np.ndarray:
 
 
 def _track(expr_id: str, anchor: int = 0, reseeds: list[int] | None = None, cleared: list[int] | None = None,
-           key_scores: list[float] | None = None) -> ExpressionTrack:
+           key_scores: list[float] | None = None, pre_update: list[dict] | None = None) -> ExpressionTrack:
     return ExpressionTrack(expr_id, f"text of {expr_id}", anchor, [anchor, *(reseeds or [])], cleared or [],
                            ExpressionMoment(0.25, 0.5, [0, 2, 4], [0.2, 0.9, 0.4]), key_scores or [0.8],
-                           reseeds or [])
+                           reseeds or [], pre_update or [])
 
 
 def test_spooled_masks_become_sorted_row_groups_and_pngs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +71,10 @@ def test_tracks_of_a_tracked_and_a_no_target_expression(tmp_path: Path) -> None:
     boxes = {1: (slice(0, 2), slice(0, 2)), 2: (slice(0, 2), slice(0, 4)), 3: (slice(0, 4), slice(0, 5))}
     scores = [0.3, 0.9, 0.8, 0.7, 0.2]
     source = VideoSource(video_uri="file:///v.mp4")
-    tracks = [_track("tracked", anchor=2, reseeds=[3], cleared=[3], key_scores=[0.95, 0.85]),
+    before_update = np.zeros(size, dtype=bool)
+    before_update[3, :2] = True  # what tracking gave on frame 3 before its key-frame mask replaced it
+    tracks = [_track("tracked", anchor=2, reseeds=[3], cleared=[3], key_scores=[0.95, 0.85],
+                     pre_update=[rle_codec.encode(before_update)]),
               _track("nothing", anchor=2, key_scores=[0.1])]
     with MaskSpool(2, frames, str(tmp_path)) as spool:
         for t in range(frames):
@@ -103,6 +106,9 @@ def test_tracks_of_a_tracked_and_a_no_target_expression(tmp_path: Path) -> None:
         "video_id": "v", "expr_id": "tracked", "confidence": None, "no_target": False, "start": 0.25, "end": 0.5,
         "anchor_frame": 2, "key_frames": [2, 3], "reseed_frames": [3], "cleared_frames": [3], "num_frames": 5,
         "present_frames": 3}
+    assert [r["size"] for r in tracked["pre_update_rles"]] == [[4, 5]]
+    np.testing.assert_array_equal(rle_codec.decode(tracked["pre_update_rles"][0], size), before_update)
+    assert absent["reseed_frames"] == [] and absent["pre_update_rles"] == []
     areas = np.array([4, 8, 20]) / 20
     assert tracked["mean_track_score"] == pytest.approx(0.8)
     assert (tracked["area_mean"], tracked["area_std"], tracked["area_max"]) == pytest.approx(
@@ -121,3 +127,14 @@ def test_tracks_of_a_tracked_and_a_no_target_expression(tmp_path: Path) -> None:
     assert [r["confidence"] for r in rows] == pytest.approx(expected.tolist())
     assert rows[0]["confidence"] > 0.5 > rows[1]["confidence"]
     assert [f.path for f in calibrated] == ["masks/v.parquet", "tracks/v.parquet"]
+
+
+def test_a_track_whose_pre_update_masks_disagree_with_its_reseeds_is_refused(tmp_path: Path) -> None:
+    track = _track("e0", anchor=0, reseeds=[2, 4], key_scores=[0.8, 0.7, 0.6],
+                   pre_update=[rle_codec.encode(np.zeros((4, 5), dtype=bool))])
+    with MaskSpool(1, 5, str(tmp_path)) as spool:
+        for t in range(5):
+            spool.put(0, t, rle_codec.encode(np.zeros((4, 5), dtype=bool))["counts"], 0.5, False)
+        with pytest.raises(ValueError, match=r"'e0' of video 'v': 1 pre-update masks for 2 re-seeded frames"):
+            MaskFileWriter(str(tmp_path / "out"), None, png=False).write(
+                "v", VideoSource(video_uri="file:///v.mp4"), (4, 5), [track], spool)

@@ -428,3 +428,34 @@ def test_one_mask_per_prompt_turns_off_dynamic_multimask() -> None:
         evaluated = bridge.eval().decode_masks(frames, prompts)
         trained = bridge.train().decode_masks(frames, prompts)
     torch.testing.assert_close(evaluated.ious, trained.ious)  # the same mask chosen (eval mode also gates it)
+
+
+def test_tracking_a_seed_frame_holds_its_seed_out_and_changes_nothing_else(bridge: Sam2Bridge) -> None:
+    """``track_seeds``: on a seed frame besides an object's start, the object is also tracked from its memory with
+    that seed held out (the mask anchor updating replaces: MomentSeg Table 13's "w/o updating"); every output and
+    the memory later frames read stay as without it."""
+    frames, masks = moving_discs(10, 2)
+
+    def seeded() -> Sam2VideoSession:
+        session = Sam2VideoSession(bridge, frames)
+        session.add_masks(0, {"a": masks[0, 0], "b": masks[1, 0]})
+        session.add_mask("a", 5, masks[0, 5])  # "a" is re-seeded on frame 5; "b" has its start only
+        return session
+
+    plain = list(seeded().propagate(0))
+    probed = list(seeded().propagate(0, track_seeds=True))
+    assert [sorted(r.tracked_at_seed) for r in probed] == [[]] * 5 + [["a"]] + [[]] * 4
+    for a, b in zip(plain, probed, strict=True):
+        assert a.obj_ids == b.obj_ids and a.is_seed == b.is_seed and a.tracked_at_seed == {}
+        torch.testing.assert_close(a.mask_logits, b.mask_logits, atol=1e-4, rtol=0)
+    held_out = probed[5].tracked_at_seed["a"]
+    assert held_out.shape == (128, 128)
+    assert not torch.equal(held_out > 0, probed[5].mask_logits[0] > 0)  # not the seed it stands beside
+
+    # the same as taking the seed away just before the frame: frame 5 tracked from the seed on 0 and frames 1-4
+    session = seeded()
+    for result in session.propagate(0, end=5):
+        if result.frame_idx == 4:
+            del session._objects["a"].seeds[5]
+        if result.frame_idx == 5:
+            torch.testing.assert_close(result.mask_logits[0], held_out, atol=1e-4, rtol=0)

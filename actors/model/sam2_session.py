@@ -21,6 +21,18 @@ own bookkeeping instead of ``SAM2VideoPredictor``'s, for three reasons:
    same for every object on a frame (memory attention's first self-attention, the prompt-free prompt
    embeddings) runs once, and only the selected mask is upsampled (``actors/model/sam2_tracking.py``).
 
+Tracking a seed frame (``propagate(..., track_seeds=True)``): on a frame where an object has a seed (other
+than the frame it joined the pass on), SAM2 outputs the seed mask and tracks nothing. For MomentSeg Table 13's
+"Anchor mIoU w/o updating" the caller also needs what propagation would have output there, so the object is
+also tracked from its memory with that frame's own seed held out (its other seeds and its tracked frames as
+they are), in the same ``_track`` call as the objects tracked on the frame: one image-encoder pass (the
+frame's, which the other objects need anyway), the probe's memory attention batched with theirs by shape, one
+mask-decoder pass for all; the memory encoder does not run for it and nothing of it is stored, so the memory
+every later frame reads is unchanged. The extra cost is one object's memory attention and mask decoding per
+such frame (and the frame's image encoding when no other object is tracked on it): a small fraction when key
+frames are few against the frames tracked. Holding the key frames' image features from their seeding instead
+would save that encoding but keep ~17 MB per key frame at 1024 px, so they are recomputed.
+
 The tracking score S^t (MomentSeg Eq. 8) is ``object_scores = sigmoid(object_score_logits)``, SAM2's
 occlusion head: the probability that the object is visible in the frame. The predicted IoU of the tracked
 mask is reported alongside (``ious``) for callers that prefer it.
@@ -55,7 +67,9 @@ class FrameResult:
     ``mask_logits`` (N, H, W) float32 at the session's mask size (default: frame resolution);
     ``object_scores`` (N,) the tracking score S^t; ``present`` whether SAM2 sees each object on the frame
     (its object-score logit > 0: where it is not, SAM2's gate has set the mask logits to ``NO_OBJ_SCORE``);
-    ``ious`` (N,) predicted IoU; ``is_seed`` tells which objects' outputs are their seed masks.
+    ``ious`` (N,) predicted IoU; ``is_seed`` tells which objects' outputs are their seed masks;
+    ``tracked_at_seed`` (with ``propagate(..., track_seeds=True)``): per object whose output here is a seed
+    other than its start, the (H, W) mask logits tracking from its memory gives with that seed held out.
     """
 
     frame_idx: int
@@ -65,6 +79,7 @@ class FrameResult:
     ious: torch.Tensor
     is_seed: list[bool]
     present: list[bool]
+    tracked_at_seed: dict[Hashable, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -284,10 +299,13 @@ class Sam2VideoSession:
             self._maskmem_pos_enc = [p[:1].clone() for p in pos_enc]
         return maskmem.to(torch.bfloat16)
 
-    def _layout(self, state: _ObjectState, frame_idx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Which frames an object's memory holds for ``frame_idx``: its seeds, its tracked frames in reach."""
+    def _layout(self, state: _ObjectState, frame_idx: int,
+                hold_out_seed: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Which frames an object's memory holds for ``frame_idx``: its seeds (without the one on ``frame_idx``
+        when ``hold_out_seed``), its tracked frames in reach."""
         near = tuple(sorted(t for t in state.tracked if abs(t - frame_idx) <= self._reach))
-        return tuple(sorted(state.seeds)), near
+        seeds = tuple(sorted(t for t in state.seeds if not (hold_out_seed and t == frame_idx)))
+        return seeds, near
 
     def _memory_view(self, states: list[_ObjectState], layout: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
         """A batched SAM2 ``output_dict`` for objects whose memory holds the frames of ``layout``."""
@@ -306,15 +324,16 @@ class Sam2VideoSession:
             "non_cond_frame_outputs": {t: stacked([s.tracked[t] for s in states]) for t in tracked},
         }
 
-    def _memory_inputs(self, frame_idx: int, states: list[_ObjectState], features: ImageFeatures,
+    def _memory_inputs(self, frame_idx: int, states: list[_ObjectState],
+                       object_layouts: list[tuple[tuple[int, ...], tuple[int, ...]]], features: ImageFeatures,
                        reverse: bool) -> list[tuple[list[int], _AttentionInputs]]:
-        """Memory-attention inputs per group of objects whose memory holds the same frames (indices into
-        ``states``, inputs with the group as batch), assembled by SAM2's own
+        """Memory-attention inputs per group of objects whose memory holds the same frames (``object_layouts``,
+        one per state; indices into ``states``, inputs with the group as batch), assembled by SAM2's own
         ``_prepare_memory_conditioned_features`` (which memory frames and object pointers, their temporal
         encodings) with its ``memory_attention`` swapped for a recorder, so they can be run in batches."""
         layouts: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
-        for i, state in enumerate(states):
-            layouts.setdefault(self._layout(state, frame_idx), []).append(i)
+        for i, layout in enumerate(object_layouts):
+            layouts.setdefault(layout, []).append(i)
         recorder = _MemoryAttentionRecorder()
         attention, self.sam.memory_attention = self.sam.memory_attention, recorder
         try:
@@ -335,18 +354,23 @@ class Sam2VideoSession:
         return list(zip(layouts.values(), recorder.calls, strict=True))
 
     def _track(
-        self, frame_idx: int, states: list[_ObjectState], reverse: bool
+        self, frame_idx: int, states: list[_ObjectState], reverse: bool, probes: Sequence[_ObjectState] = ()
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Track objects on one frame; stores their memory, returns (low-res logits (B, 1, S/4, S/4),
-        object score logits (B,), ious (B,)).
+        """Track objects on one frame; stores the memory of ``states``, returns (low-res logits
+        (B + P, 1, S/4, S/4), object score logits (B + P,), ious (B + P,)), ``states`` first, then ``probes``.
 
-        Objects whose memory has the same shape (the same number of memory frames and of object-pointer
-        tokens, whichever frames they are) run memory attention as one batch; the mask decoder and the
-        memory encoder run once for all objects.
+        ``probes``: objects seeded on this frame, tracked with that seed held out and nothing stored (see the
+        module docstring). Objects whose memory has the same shape (the same number of memory frames and of
+        object-pointer tokens, whichever frames they are) run memory attention as one batch; the mask decoder
+        runs once for all objects, the memory encoder once for ``states``.
         """
         features = self.image_features(frame_idx)
+        layouts = ([self._layout(state, frame_idx) for state in states]
+                   + [self._layout(state, frame_idx, hold_out_seed=True) for state in probes])
+        states = [*states, *probes]
+        stored = len(states) - len(probes)
         shapes: dict[tuple[int, int], list[tuple[list[int], _AttentionInputs]]] = {}
-        for members, call in self._memory_inputs(frame_idx, states, features, reverse):
+        for members, call in self._memory_inputs(frame_idx, states, layouts, features, reverse):
             shapes.setdefault((call.memory.shape[0], call.num_obj_ptr_tokens), []).append((members, call))
         height, width = features.feat_sizes[-1]
         conditioned: list[torch.Tensor | None] = [None] * len(states)
@@ -365,9 +389,12 @@ class Sam2VideoSession:
                 conditioned[i] = fused[j : j + 1]
         # the frame's high-resolution maps at batch one: the decoder adds them to every object's upscaling
         heads = decode_tracked_masks(self.sam, torch.cat(conditioned), features.high_res_maps())  # type: ignore[arg-type]
-        maskmem = self._encode_memory(features, heads.high_res, heads.object_score_logits, is_mask_from_pts=False)
-        for i, state in enumerate(states):
-            state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1], obj_ptr=heads.obj_ptr[i : i + 1])
+        if stored:
+            maskmem = self._encode_memory(features, heads.high_res[:stored], heads.object_score_logits[:stored],
+                                          is_mask_from_pts=False)
+            for i, state in enumerate(states[:stored]):
+                state.tracked[frame_idx] = _Memory(maskmem_features=maskmem[i : i + 1],
+                                                   obj_ptr=heads.obj_ptr[i : i + 1])
         return heads.low_res, heads.object_score_logits[:, 0], heads.ious
 
     def _prune(self, state: _ObjectState, front: int) -> None:
@@ -384,6 +411,7 @@ class Sam2VideoSession:
         end: int | None = None,
         reverse: bool = False,
         object_starts: Mapping[Hashable, int] | None = None,
+        track_seeds: bool = False,
     ) -> Iterator[FrameResult]:
         """Yield one ``FrameResult`` per frame from ``start`` to ``end`` (inclusive; backward if ``reverse``).
 
@@ -392,6 +420,8 @@ class Sam2VideoSession:
         ``start``); frames on which no object is tracked yet are skipped without being fetched. On a frame
         where an object has a seed, its seed mask is returned; elsewhere it is tracked from its memory.
         Between two frames the caller may ``add_mask`` / ``clear`` (BAP's update); the next frame sees it.
+        ``track_seeds``: on a seed frame other than the one an object joined on, also track the object from its
+        memory with that seed held out, into ``FrameResult.tracked_at_seed`` (see the module docstring).
         """
         self._check_eval()
         end = (0 if reverse else self.num_frames - 1) if end is None else end
@@ -412,12 +442,17 @@ class Sam2VideoSession:
         for frame_idx in range(start, end + step, step):
             active = [o for o, j in joins.items() if (j >= frame_idx if reverse else j <= frame_idx)]
             if active:
-                yield self._propagate_frame(frame_idx, active, reverse)
+                probed = [o for o in active if joins[o] != frame_idx] if track_seeds else []
+                yield self._propagate_frame(frame_idx, active, reverse, probed)
 
-    def _propagate_frame(self, frame_idx: int, active: list[Hashable], reverse: bool) -> FrameResult:
+    def _propagate_frame(self, frame_idx: int, active: list[Hashable], reverse: bool,
+                         probed: Sequence[Hashable] = ()) -> FrameResult:
+        """``probed``: objects to track with their seed on this frame held out, where they have one there and
+        another seed (SAM2's memory attention needs a conditioning frame)."""
         # per object: (low-res logits (1, 1, S/4, S/4), object score logit, predicted IoU)
         outputs: dict[Hashable, tuple[torch.Tensor, float, float]] = {}
         tracked: list[Hashable] = []
+        probes: list[Hashable] = []
         for obj_id in active:
             state = self._objects[obj_id]
             if not state.seeds:
@@ -425,24 +460,30 @@ class Sam2VideoSession:
             seed = state.seeds.get(frame_idx)
             if seed is not None:
                 outputs[obj_id] = (seed.low_res_logits, seed.object_score_logit, seed.iou)
+                if obj_id in probed and len(state.seeds) > 1:  # SAM2's memory needs a conditioning frame
+                    probes.append(obj_id)
             else:
                 tracked.append(obj_id)
-        if tracked:
-            low_res, score_logits, ious = self._track(frame_idx, [self._objects[o] for o in tracked], reverse)
+        probe_logits: list[torch.Tensor] = []
+        if tracked or probes:
+            low_res, score_logits, ious = self._track(frame_idx, [self._objects[o] for o in tracked], reverse,
+                                                      [self._objects[o] for o in probes])
             for i, obj_id in enumerate(tracked):
                 outputs[obj_id] = (low_res[i : i + 1], float(score_logits[i]), float(ious[i]))
+            probe_logits = [low_res[i : i + 1] for i in range(len(tracked), len(tracked) + len(probes))]
         for obj_id in active:
             self._prune(self._objects[obj_id], frame_idx)
         masks = F.interpolate(
-            torch.cat([outputs[o][0] for o in active]), size=self.mask_size or self.frame_size, mode="bilinear",
-            align_corners=False,
-        )
+            torch.cat([outputs[o][0] for o in active] + probe_logits), size=self.mask_size or self.frame_size,
+            mode="bilinear", align_corners=False,
+        )[:, 0]
         return FrameResult(
             frame_idx=frame_idx,
             obj_ids=list(active),
-            mask_logits=masks[:, 0],
+            mask_logits=masks[: len(active)],
             object_scores=torch.sigmoid(torch.tensor([outputs[o][1] for o in active])),
             ious=torch.tensor([outputs[o][2] for o in active]),
             is_seed=[frame_idx in self._objects[o].seeds for o in active],
             present=[outputs[o][1] > 0 for o in active],
+            tracked_at_seed=dict(zip(probes, masks[len(active) :], strict=True)),
         )
