@@ -17,6 +17,11 @@ The program reads top to bottom as the data flow:
    expressions' overlays (a few frames each, read in the driver) and write ``report.json`` /
    ``report.html``; the summary line names each headline protocol (Ref-DAVIS17: four-run first).
 
+RefVOS predictions that are a labeling output with ``tracks/`` also get MomentSeg Table 13's BAP
+diagnostics (``pipelines.bap_diagnostics``): the driver reads the tracks, each scoring actor measures
+its expression's anchor and re-seeded frames beside its J and F, and the driver sums them into
+``bap_diagnostics``; without tracks the report has ``bap_diagnostics_absent`` (the reason) instead.
+
 Choices the issue leaves open:
 - A predicted expression that lacks some frames has an empty mask on those frames (not an error:
   the labeling output omits nothing, and an evaluator must not reward a gap). A wholly absent
@@ -43,14 +48,20 @@ from PIL import Image, UnidentifiedImageError
 
 from actors.config import ConfigError, load_config
 from actors.uri import join, redact
-from pipelines import metrics, official_convention
+from pipelines import bap_diagnostics, metrics, official_convention
 from pipelines.evaluate_inputs import (
     open_prediction_store,
     read_grounding_predictions,
+    read_label_tracks,
     require_scorable,
     require_some_prediction,
 )
-from pipelines.evaluate_scoring import score_davis_run, score_image_expression, score_refvos_expression
+from pipelines.evaluate_scoring import (
+    measure_bap_expression,
+    score_davis_run,
+    score_image_expression,
+    score_refvos_expression,
+)
 from pipelines.formats import Dataset, FormatError, PredictionStore, VideoRecord, read_dataset
 from pipelines.formats.files import location
 from pipelines.report import (
@@ -153,7 +164,10 @@ class _MaskScorer:
         expression = record.expressions[item["position"]]
         if self.kind == "image":
             return score_image_expression(record, expression, self.store)
-        return score_refvos_expression(record, expression, self.store, self.chunk_frames, self.worst_frames)
+        row = score_refvos_expression(record, expression, self.store, self.chunk_frames, self.worst_frames)
+        if item.get("track"):
+            row["bap"] = measure_bap_expression(record, expression, self.store, json.loads(item["track"]))
+        return row
 
 
 def _score_moment_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +234,31 @@ def _expression_items(dataset: Dataset) -> list[dict[str, Any]]:
              for position in range(len(record.expressions))]
     return [{"order": order, "video": video_id, "position": position}
             for order, (video_id, position) in enumerate(pairs)]
+
+
+def _with_tracks(dataset: Dataset, items: list[dict[str, Any]],
+                 tracks: Mapping[tuple[str, str], Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+    """``items`` with each expression's track as JSON (``track``; empty when it has none or refers to no
+    target), and how many expressions lack a track and how many refer to no target."""
+    out, no_track, no_target = [], 0, 0
+    for item in items:
+        expression = dataset.videos[item["video"]].expressions[item["position"]]
+        track = tracks.get((item["video"], expression.expr_id))
+        no_target += not expression.obj_ids
+        no_track += bool(expression.obj_ids) and track is None
+        out.append({**item, "track": json.dumps(track) if track is not None and expression.obj_ids else ""})
+    return out, no_track, no_target
+
+
+def _bap_block(rows: Sequence[Mapping[str, Any]], reason: str | None, no_track: int,
+               no_target: int) -> dict[str, Any]:
+    """The report's ``bap_diagnostics`` from the rows' measurements, or ``bap_diagnostics_absent``: why not."""
+    measures = [bap_diagnostics.ExpressionMeasures.from_dict(r["bap"]) for r in rows if r.get("bap")]
+    if reason is None and not measures:
+        reason = "no evaluated expression that refers to a target has a track in the labeling output"
+    if reason is not None:
+        return {"bap_diagnostics_absent": reason}
+    return {"bap_diagnostics": bap_diagnostics.summarize(measures, no_track, no_target)}
 
 
 def _result_of(row: Mapping[str, Any]) -> metrics.ExpressionResult:
@@ -292,17 +331,19 @@ def _evaluate_refvos(format: str, dataset: Dataset, store: PredictionStore, pred
     import ray
 
     dataset_ref = ray.put(dataset)
-    rows = _score_masks(dataset_ref, _expression_items(dataset), "expression", predictions_uri, options, config)
+    tracks, no_tracks_reason = read_label_tracks(predictions_uri, options)
+    items, no_track, no_target = _with_tracks(dataset, _expression_items(dataset), tracks)
+    rows = _score_masks(dataset_ref, items, "expression", predictions_uri, options, config)
     results = [_result_of(row) for row in rows]
     summary = metrics.revos_summary(results) if format == "revos" else metrics.refvos_summary(results)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _bap_block(rows, no_tracks_reason, no_track, no_target)
     if format == "refdavis17" and config.refdavis17_four_run:
         extra["four_run"] = _four_run(dataset, dataset_ref, predictions_uri, options, config)
     if format == "reasonvos":
         official = official_convention.reasonvos(results, summary.scores)
         if official is not None:
             extra["official_convention"] = official
-    report_rows = [{k: v for k, v in row.items() if k != "worst_frames"} for row in rows]
+    report_rows = [{k: v for k, v in row.items() if k not in ("worst_frames", "bap")} for row in rows]
     head = summary.to_dict()
     report = build_report(format, "refvos", summary.scores, report_rows, head["missing"], head["subsets"], extra)
     return report, _failures(report, rows, dataset, store, config, options)

@@ -1,7 +1,9 @@
 """What ``vrseg evaluate`` reads besides the annotations, and the checks that keep input mistakes loud.
 
 Predictions: a labeling output (``<uri>/masks/`` Parquet, committed videos only) or whatever
-``pipelines.formats.open_predictions`` recognises; grounding predictions as JSON lines. Checks, run
+``pipelines.formats.open_predictions`` recognises; grounding predictions as JSON lines. A labeling
+output's ``tracks/`` (anchor, re-seeded frames, pre-update masks) feed the BAP diagnostics
+(``read_label_tracks``, ``pipelines.bap_diagnostics``). Checks, run
 on the driver before any scoring: every expression has ground truth on at least one frame (a
 Ref-YouTube-VOS valid split has none, a mis-nested annotation folder none either), and at least one
 expression of the annotations has a prediction (a folder for another split or another layout must
@@ -11,19 +13,25 @@ the expression is scored (``pipelines.evaluate_scoring``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from actors.uri import join
 from pipelines.formats import Dataset, FormatError, PredictionStore, open_predictions
 from pipelines.formats.files import location
+from pipelines.label_writer import TRACKS_DIR
 from pipelines.storage import OutputStore
 
 LABEL_MASKS_DIR = "masks"
+TRACK_COLUMNS = ("video_id", "expr_id", "anchor_frame", "reseed_frames")
+PRE_UPDATE_COLUMN = "pre_update_rles"
 
 
 class CommittedPredictions(PredictionStore):
@@ -47,16 +55,56 @@ class CommittedPredictions(PredictionStore):
         return self.masks.foreign_frames(video_id, expr_id) if video_id in self.committed else []
 
 
+def is_labeling_output(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``uri`` is a ``vrseg label`` output (a folder with ``masks/``)."""
+    masks = location(join(uri, LABEL_MASKS_DIR), storage_options)
+    return not uri.rstrip("/").endswith(".zip") and masks.fs.isdir(masks.path)
+
+
 def open_prediction_store(uri: str, dataset: Dataset | None,
                           storage_options: Mapping[str, Any] | None = None) -> PredictionStore:
     """The predictions at ``uri``: a labeling output (``<uri>/masks/`` + commit markers), else whatever
     ``pipelines.formats.open_predictions`` recognises (PNG layout, Parquet folder, CodaLab zip,
     ReferFormer's merged-palette runs)."""
-    masks = location(join(uri, LABEL_MASKS_DIR), storage_options)
-    if not uri.rstrip("/").endswith(".zip") and masks.fs.isdir(masks.path):
+    if is_labeling_output(uri, storage_options):
+        masks = location(join(uri, LABEL_MASKS_DIR), storage_options)
         committed = set(OutputStore(uri, storage_options).committed())
         return CommittedPredictions(open_predictions(masks.uri, dataset, storage_options, kind="parquet"), committed)
     return open_predictions(uri, dataset, storage_options)
+
+
+def read_label_tracks(uri: str, storage_options: Mapping[str, Any] | None = None,
+                      ) -> tuple[dict[tuple[str, str], dict[str, Any]], str | None]:
+    """The tracks of a labeling output's committed videos, ``(video_id, expr_id) -> {anchor_frame,
+    reseed_frames, pre_update_rles, file}`` (``pre_update_rles`` None in tracks written before it existed,
+    ``file`` the tracks file's URI), and
+    None; or no tracks and the reason there are none (predictions that are not a labeling output, or whose
+    committed videos have no ``tracks/`` file). An unreadable tracks file is a ``FormatError`` naming it."""
+    if not is_labeling_output(uri, storage_options):
+        return {}, ("the predictions are not a vrseg labeling output (no masks/ and tracks/ beside them): there "
+                    "are no anchor frames or pre-update masks to diagnose")
+    store = OutputStore(uri, storage_options)
+    tracks: dict[tuple[str, str], dict[str, Any]] = {}
+    files = [f.path for record in store.committed().values() for f in record.files
+             if f.path.startswith(f"{TRACKS_DIR}/")]
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(io.BytesIO(store.read_bytes(path)))
+            names = set(parquet.schema_arrow.names)
+            absent = [c for c in TRACK_COLUMNS if c not in names]
+            if absent:
+                raise FormatError(store.uri(path), f"a tracks file without columns {absent}")
+            columns = [*TRACK_COLUMNS, *([PRE_UPDATE_COLUMN] if PRE_UPDATE_COLUMN in names else [])]
+            rows = parquet.read(columns=columns).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            raise FormatError(store.uri(path), f"not a readable tracks Parquet file: {exc}") from None
+        for row in rows:
+            tracks[(row["video_id"], row["expr_id"])] = {
+                "anchor_frame": row["anchor_frame"], "reseed_frames": row["reseed_frames"],
+                "pre_update_rles": row.get(PRE_UPDATE_COLUMN), "file": store.uri(path)}
+    if not files:
+        return {}, "no committed video of the labeling output has a tracks/ file (labeled before tracks were written)"
+    return tracks, None
 
 
 def require_scorable(dataset: Dataset, annotations_uri: str, grounding: bool) -> None:

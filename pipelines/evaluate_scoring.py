@@ -2,7 +2,8 @@
 and ``pipelines.metrics``, run inside the scoring actors (no Ray here).
 
 An item is one expression (RefVOS protocols, image benchmarks) or one (video, annotator run) of
-Ref-DAVIS17's four-run protocol. Each returns the JSON-ready row(s) of the report. Void pixels of the
+Ref-DAVIS17's four-run protocol. Each returns the JSON-ready row(s) of the report; a RefVOS expression with
+a labeling output's track also gets its BAP measurements (``measure_bap_expression``). Void pixels of the
 record (Ref-DAVIS17's 255, ReasonSeg's "ignore") are passed to every metric. A prediction of an
 expression holding a frame that is not a frame of its video (``0.png`` where the annotation says
 ``00000``) is a ``FormatError``, never a silently empty frame.
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import metrics
+from actors import rle as rle_codec
+from pipelines import bap_diagnostics, metrics
 from pipelines.formats import Expression, FormatError, PredictionStore, VideoRecord
 
 
@@ -88,6 +90,48 @@ def score_refvos_expression(record: VideoRecord, expression: Expression, store: 
         per_frame = np.concatenate(frame_j)
         worst = [int(frames[i]) for i in np.argsort(per_frame, kind="stable")[:worst_frames]]
     return {**combined.to_dict(), "text": expression.text, "worst_frames": sorted(worst)}
+
+
+def measure_bap_expression(record: VideoRecord, expression: Expression, store: PredictionStore,
+                           track: dict[str, Any]) -> dict[str, Any]:
+    """MomentSeg Table 13's measurements of one expression (``pipelines.bap_diagnostics``) from its track
+    (``pipelines.evaluate_inputs.read_label_tracks``): the predicted mask and the truth on the anchor frame,
+    and on each re-seeded frame the pre-update mask of the track, the predicted mask (the key-frame mask
+    written after the update) and the truth; frames without ground truth are skipped. A track naming a frame
+    outside the video, or whose pre-update masks disagree with its re-seeded frames or the video's size, is a
+    ``FormatError`` naming the tracks file."""
+    where, size = track["file"], (record.height, record.width)
+    annotated = set(record.scored_frames(expression))
+    reseed_frames, rles = list(track["reseed_frames"]), track["pre_update_rles"]
+    for frame in [track["anchor_frame"], *reseed_frames]:
+        if not 0 <= frame < record.num_frames:
+            raise FormatError(where, f"frame {frame} is outside the video's {record.num_frames} frames",
+                              record.video_id, expression.expr_id)
+    if rles is not None and len(rles) != len(reseed_frames):
+        raise FormatError(where, f"{len(rles)} pre-update masks for {len(reseed_frames)} re-seeded frames",
+                          record.video_id, expression.expr_id)
+
+    def predicted(frame: int) -> np.ndarray:
+        mask = store.mask(record.video_id, expression.expr_id, frame)
+        return np.zeros(size, dtype=bool) if mask is None else mask
+
+    anchor_frame = track["anchor_frame"]
+    anchor = ((predicted(anchor_frame), record.target_mask(expression, anchor_frame), record.void_mask(anchor_frame))
+              if anchor_frame in annotated else None)
+    reseeds = None
+    if rles is not None:
+        reseeds = []
+        for frame, rle in zip(reseed_frames, rles, strict=True):
+            if frame not in annotated:
+                continue
+            try:
+                before = rle_codec.decode(rle, size)
+            except rle_codec.RLEError as exc:
+                raise FormatError(where, f"pre-update mask of frame {frame}: {exc}", record.video_id,
+                                  expression.expr_id) from None
+            reseeds.append((frame, before, predicted(frame), record.target_mask(expression, frame),
+                            record.void_mask(frame)))
+    return bap_diagnostics.measure_expression(anchor_frame, anchor, reseeds).to_dict()
 
 
 def score_image_expression(record: VideoRecord, expression: Expression, store: PredictionStore) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Pure given the scores: ``build_report`` assembles the JSON document from the headline scores, the
 per-expression rows, the missing predictions and the subsets; ``render_html`` turns it into one
 self-contained page (headline table x100 as the papers print it, score histograms, per-subset bars,
-the worst expressions with mask overlays of truth vs prediction); ``write_report`` stores both under
+the worst expressions with mask overlays of truth vs prediction, and for a labeling output's RefVOS
+predictions MomentSeg Table 13's BAP diagnostics or why there are none); ``write_report`` stores both under
 an fsspec URI. Plots and overlays are embedded as base64 PNG with ``pipelines.html_page`` (shared with
 the labeling QA report), so the page needs nothing beside it.
 """
@@ -294,6 +295,33 @@ def _other_scores(scores: Mapping[str, Any], keys: Sequence[str]) -> str:
     )
 
 
+def _bap_section(report: Mapping[str, Any]) -> str:
+    """MomentSeg Table 13 as the paper lays it out (x100), with its denominators and notes
+    (``pipelines.bap_diagnostics``); the reason when the predictions carry no tracks; nothing for other tasks."""
+    title = "<h2>BAP diagnostics (MomentSeg Table 13, x100)</h2>"
+    if "bap_diagnostics_absent" in report:
+        return f"{title}<p>Not computed: {html.escape(str(report['bap_diagnostics_absent']))}.</p>"
+    block = report.get("bap_diagnostics")
+    if block is None:
+        return ""
+    anchor = f"{_x100(block['anchor_miou_without_update'])} → {_x100(block['anchor_miou_with_update'])}"
+    left_out = block["left_out"]
+    counts = (
+        f"<p>{block['num_expressions']} expressions with a track ({block['num_anchor_frames']} anchor frames with "
+        f"ground truth), {block['num_reseed_frames']} re-seeded frames, {block['num_low_iou_reseed_frames']} of "
+        f"them below IoU 0.3 before updating, {block['num_corrected']} lifted above 0.7; left out: "
+        f"{left_out['no_track']} without a track, {left_out['no_target']} without a target.</p>"
+    )
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in block["notes"])
+    return (
+        f"{title}<table><tr><th>Initial Shot Ratio</th><th>Initial mIoU</th>"
+        "<th>Anchor mIoU (w/o → w/ updating)</th><th>Correction Ratio</th></tr>"
+        f"<tr><td>{_x100(block['initial_shot_ratio'])}</td><td>{_x100(block['initial_miou'])}</td>"
+        f"<td>{anchor}</td><td>{_x100(block['correction_ratio'])}</td></tr></table>{counts}"
+        + (f"<ul class='because'>{notes}</ul>" if notes else "")
+    )
+
+
 _WORST_COLUMNS: dict[str, tuple[str, ...]] = {
     "refvos": ("video", "expr_id", "text", "J", "F", "J&F"),
     "grounding": ("video", "expr_id", "text", "start", "end", "pred_start", "pred_end", "IoU"),
@@ -361,6 +389,7 @@ def render_html(report: Mapping[str, Any], failures: Sequence[Failure] = (), wor
             f"<li>{html.escape(str(m.get(item)))} / {html.escape(str(m.get('expr_id')))}</li>" for m in report["missing"]
         )
         parts += [f"<h2>Missing predictions ({len(report['missing'])}, scored 0)</h2><ul>{listed}</ul>"]
+    parts.append(_bap_section(report))
     parts += [f"<h2>Worst {min(worst_count, len(report['per_expression']))}</h2>", _worst_table(report, worst_count)]
     if failures:
         parts += [
