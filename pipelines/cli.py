@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES = ("pipelines.label", "pipelines.ground", "pipelines.train", "pipelines.evaluate",
-                      "pipelines.export", "pipelines.label_report", "pipelines.synthetic_cli")
+                      "pipelines.export", "pipelines.label_report", "pipelines.calibrate", "pipelines.synthetic_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

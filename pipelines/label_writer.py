@@ -12,7 +12,11 @@ Per video, under the output root (``pipelines.storage.OutputStore``: atomic writ
   (``pipelines.formats.track_parquet``): confidence (with a calibration, else null), ``no_target``, the
   moment, anchor, key, re-seed and cleared frames, the mean tracking score and mask area statistics over
   the present frames, and the feature vector the confidence is predicted from
-  (``actors.track_confidence``), all computed from the same spooled masks as the mask rows;
+  (``actors.track_confidence``), all computed from the same spooled masks as the mask rows. A track is
+  no-target when the engine found its object on no frame or, with a calibration holding a no-target rule,
+  when the rule decides so (``TrackCalibration.assess``); the masks of a track decided no-target are
+  written empty (``present`` false) on every frame, its statistics are those of that empty track, and its
+  features stay those of the masks the engine produced (what the decision was made from);
 - with ``png``: ``png/<video>/<expr_id>/<frame_name>.png`` (the layout the official evaluators read; each
   ``/``-separated part of the id passed through ``video_key`` so nothing lands outside the root);
 - then ``_committed/<video_key>.json`` listing those files: the video becomes visible at once. Its
@@ -28,13 +32,15 @@ same names.
 ``pipelines``) with the video's ``MaskSpool`` and tracks the moment propagation ends: the masks are read
 from the spool one at a time into a local Parquet file (one row group in memory) that is then uploaded, so
 neither the object store nor any process ever holds a whole long video's masks (the track statistics keep
-one area per expression and frame). ``VideoWriter``, the last stage, writes the commit marker naming
+one area per expression and frame, read in a first pass over the spool so that the no-target decisions are
+known before any mask is written). ``VideoWriter``, the last stage, writes the commit marker naming
 those files and returns one small summary row per video (``SUMMARY_SCHEMA``) for the driver's progress and
 run record; failures of earlier stages pass through as summary rows with their failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -47,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors import rle as rle_codec
-from actors.mask_spool import MaskSpool
+from actors.mask_spool import MaskSpool, SpooledMask
 from actors.track_calibration import TrackCalibration
 from actors.track_confidence import track_features, track_stats
 from actors.video_rows import ExpressionTrack, VideoOutput, VideoSource, failure_json, payload_of
@@ -110,41 +116,64 @@ class MaskFileWriter:
         ``tracks[e]`` is the spool's expression ``e``."""
         files: list[WrittenFile] = []
         expr_ids = [track.expr_id for track in tracks]
+        track_rows, emptied = self.track_rows(video_id, tracks, spool, spool_areas(spool, size))
         if self.png:
-            for mask in spool.rows():
+            for mask in _written_masks(spool, size, emptied):
                 pixels = rle_codec.decode({"size": list(size), "counts": mask.counts}, size)
                 relpath = png_path(video_id, expr_ids[mask.expression], source.frame_name(mask.frame))
                 files.append(self.store.write_bytes(relpath, encode_mask_png(np.asarray(pixels, dtype=bool))))
-        areas = np.zeros((len(tracks), spool.num_frames), dtype=np.float64)
         with tempfile.TemporaryDirectory(prefix="vrseg-write-") as scratch:
             local = os.path.join(scratch, "masks.parquet")
             with pq.ParquetWriter(local, PREDICTION_SCHEMA, compression="zstd") as parquet:
-                for rows in _row_groups(video_id, source, size, expr_ids, spool, areas):
+                for rows in _row_groups(video_id, source, size, expr_ids, _written_masks(spool, size, emptied)):
                     parquet.write_table(pa.table(rows, schema=PREDICTION_SCHEMA))
             files.append(self.store.put_file(local, masks_path(video_id)))
-        files.append(self.store.write_bytes(tracks_path(video_id), self.track_file(video_id, tracks, spool, areas)))
+        files.append(self.store.write_bytes(tracks_path(video_id), track_table_bytes(track_rows)))
         return files
 
-    def track_file(self, video_id: str, tracks: list[ExpressionTrack], spool: MaskSpool,
-                   areas: np.ndarray) -> bytes:
-        """The tracks' Parquet: per expression its statistics over the spooled frames, its features and, with
-        a calibration, its confidence; ``areas`` (E, T): mask areas as fractions of the frame."""
-        rows = []
+    def track_rows(self, video_id: str, tracks: list[ExpressionTrack], spool: MaskSpool,
+                   areas: np.ndarray) -> tuple[list[dict[str, Any]], set[int]]:
+        """The tracks' rows (per expression its statistics over the spooled frames, its features and, with a
+        calibration, its confidence and no-target decision) and the expressions whose masks are to be written
+        empty (decided no-target while the engine found the object somewhere); ``areas`` (E, T): mask areas
+        as fractions of the frame."""
+        rows, emptied = [], set()
         for e, track in enumerate(tracks):
             stats = track_stats(spool.scores(e), spool.present(e), areas[e])
             features = track_features(track.moment.find_scores, track.key_scores, stats)
-            confidence = None if self.calibration is None else float(self.calibration.predict(features)[0])
+            confidence = None
+            if self.calibration is not None:
+                confidence, no_target = self.calibration.assess(features, stats.no_target)
+                if no_target and not stats.no_target:
+                    emptied.add(e)
+                    absent = np.zeros(spool.num_frames)
+                    stats = track_stats(spool.scores(e), absent.astype(bool), absent)
             rows.append(track_row(video_id, track, stats, features, confidence))
-        return track_table_bytes(rows)
+        return rows, emptied
+
+
+def spool_areas(spool: MaskSpool, size: tuple[int, int]) -> np.ndarray:
+    """(E, T) area of every spooled mask as a fraction of the frame."""
+    areas = np.zeros((spool.num_expressions, spool.num_frames), dtype=np.float64)
+    pixels = size[0] * size[1]
+    for mask in spool.rows():
+        areas[mask.expression, mask.frame] = rle_codec.area({"size": list(size), "counts": mask.counts}) / pixels
+    return areas
+
+
+def _written_masks(spool: MaskSpool, size: tuple[int, int], emptied: set[int]) -> Iterator[SpooledMask]:
+    """The spool's masks as written: those of the ``emptied`` expressions empty and not present."""
+    blank = rle_codec.encode(np.zeros(size, dtype=bool))["counts"] if emptied else ""
+    for mask in spool.rows():
+        yield dataclasses.replace(mask, counts=blank, present=False) if mask.expression in emptied else mask
 
 
 def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_ids: list[str],
-                spool: MaskSpool, areas: np.ndarray) -> Iterator[dict[str, list[Any]]]:
-    """The Parquet rows of one video (see the module docstring), a row group at a time; fills ``areas``
-    (E, T) with each mask's area as a fraction of the frame on the way."""
+                masks: Iterator[SpooledMask]) -> Iterator[dict[str, list[Any]]]:
+    """The Parquet rows of one video's ``masks`` (see the module docstring), a row group at a time."""
     rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
-    rle_bytes, pixels = 0, size[0] * size[1]
-    for mask in spool.rows():
+    rle_bytes = 0
+    for mask in masks:
         rows["video_id"].append(video_id)
         rows["expr_id"].append(expr_ids[mask.expression])
         rows["frame_idx"].append(mask.frame)
@@ -154,7 +183,6 @@ def _row_groups(video_id: str, source: VideoSource, size: tuple[int, int], expr_
         rows["rle"].append(mask.counts)
         rows["score"].append(mask.score)
         rows["present"].append(mask.present)
-        areas[mask.expression, mask.frame] = rle_codec.area({"size": list(size), "counts": mask.counts}) / pixels
         rle_bytes += len(mask.counts)
         if len(rows["rle"]) == ROW_GROUP_ROWS or rle_bytes >= ROW_GROUP_BYTES:
             yield rows

@@ -1,4 +1,5 @@
-"""Official evaluation metrics: J, F and J&F (DAVIS), the RefVOS protocols, TSG recall/mIoU, cIoU/gIoU.
+"""Official evaluation metrics: J, F and J&F (DAVIS), the RefVOS protocols, TSG recall/mIoU, cIoU/gIoU, and
+the quality of a confidence score (AUROC, expected calibration error).
 
 Pure numpy/scipy functions and small result records; no Ray, no I/O. ``pipelines/evaluate_scoring.py``
 scores one expression at a time with ``score_expression`` / ``score_davis_slot`` (and
@@ -49,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+from scipy.stats import rankdata
 
 BOUNDARY_FRACTION = 0.008
 GROUNDING_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -399,13 +401,62 @@ def revos_summary(rows: Sequence[ExpressionResult]) -> Summary:
     }
     no_target = [r for r in rows if r.no_target]
     if no_target:
-        empty = float(np.mean([r.empty_fraction or 0.0 for r in no_target]))
-        subsets["no_target"] = {"empty_fraction": empty, "num_expressions": len(no_target)}
+        subsets["no_target"] = {"empty_fraction": no_target_accuracy(no_target), "num_expressions": len(no_target)}
     subsets.update(_kind_subsets(targets))
     if not groups:
         raise ValueError("ReVOS summary: no expression with a target to score")
     scores = _jf((subsets[name]["J"] for name in groups), (subsets[name]["F"] for name in groups))
     return Summary(scores, len(rows), _missing_expressions(rows), subsets)
+
+
+def no_target_accuracy(rows: Sequence[ExpressionResult]) -> float | None:
+    """ReVOS' no-target score: the mean ``empty_fraction`` of the no-target rows (the fraction of frames each
+    predicts empty; a missing prediction counts 0), the ``no_target`` subset of ``revos_summary``; None when
+    no row is a no-target expression."""
+    no_target = [r for r in rows if r.no_target]
+    return float(np.mean([r.empty_fraction or 0.0 for r in no_target])) if no_target else None
+
+
+# --------------------------------------------------------------------------- confidence scores
+
+
+def _binary_pairs(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
+                  name: str) -> tuple[np.ndarray, np.ndarray]:
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if s.ndim != 1 or s.shape != y.shape or s.size == 0:
+        raise ValueError(f"{name} needs equal non-empty (N,) scores and labels, got {s.shape} and {y.shape}")
+    if not np.all(np.isfinite(s)) or not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"{name} needs finite scores and labels in {{0, 1}}")
+    return s, y.astype(bool)
+
+
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``: the probability that a positive scores
+    above a negative, ties counted half (the Mann-Whitney U statistic over n_pos x n_neg). Raises
+    ``ValueError`` unless both classes are present."""
+    s, y = _binary_pairs(scores, labels, "auroc")
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"auroc needs positives and negatives, got {positives} and {negatives}")
+    ranks = rankdata(s)  # 1-based, ties share their average rank
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def expected_calibration_error(probabilities: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
+                               bins: int = 10) -> float:
+    """ECE of predicted ``probabilities`` (in [0, 1]) for binary ``labels``: over ``bins`` equal-width bins
+    [i / bins, (i + 1) / bins) (the last one closed at 1), the sum of |fraction of positives - mean
+    probability| weighted by each bin's share of the samples; empty bins add nothing (Guo et al., 2017)."""
+    p, y = _binary_pairs(probabilities, labels, "expected_calibration_error")
+    if bins < 1 or p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError(f"expected_calibration_error needs bins >= 1 and probabilities in [0, 1], got {bins} bins "
+                         f"and range [{p.min()}, {p.max()}]")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in np.unique(index):
+        members = index == b
+        total += members.sum() / p.size * abs(float(y[members].mean()) - float(p[members].mean()))
+    return float(total)
 
 
 # --------------------------------------------------------------------------- Ref-DAVIS17 four-run protocol
