@@ -69,17 +69,25 @@ class CalibrateConfig:
 
 @dataclass(frozen=True)
 class ScoredTrack:
-    """One track and its ground truth: ``jf`` of its masks, ``empty_jf`` of empty masks instead,
-    ``has_target`` (the expression names an object of the video), ``engine_no_target`` (the engine found
-    the object on no frame)."""
+    """One track and its ground truth: ``row`` the evaluator's report row of its masks, ``empty_row`` that
+    of empty masks instead, ``has_target`` (the expression names an object of the video),
+    ``engine_no_target`` (the engine found the object on no frame)."""
 
     video_id: str
     expr_id: str
     features: tuple[float, ...]
-    jf: float
-    empty_jf: float
+    row: dict[str, Any]
+    empty_row: dict[str, Any]
     has_target: bool
     engine_no_target: bool
+
+    @property
+    def jf(self) -> float:
+        return float(self.row["J&F"])
+
+    @property
+    def empty_jf(self) -> float:
+        return float(self.empty_row["J&F"])
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,10 @@ def empty_masks(record: VideoRecord, expr_id: str) -> VideoMasksInMemory:
 def score_track(record: VideoRecord, expression: Expression, store: PredictionStore, features: Sequence[float],
                 engine_no_target: bool) -> ScoredTrack:
     """``ScoredTrack`` of ``expression``'s masks in ``store`` (the evaluator's per-expression scoring)."""
-    jf = score_refvos_expression(record, expression, store)["J&F"]
-    empty_jf = score_refvos_expression(record, expression, empty_masks(record, expression.expr_id))["J&F"]
-    return ScoredTrack(record.video_id, expression.expr_id, tuple(float(v) for v in features), float(jf),
-                       float(empty_jf), bool(expression.obj_ids), engine_no_target)
+    row = score_refvos_expression(record, expression, store)
+    empty_row = score_refvos_expression(record, expression, empty_masks(record, expression.expr_id))
+    return ScoredTrack(record.video_id, expression.expr_id, tuple(float(v) for v in features), row, empty_row,
+                       bool(expression.obj_ids), engine_no_target)
 
 
 def fit_calibration(tracks: Sequence[ScoredTrack], threshold: float = GOOD_THRESHOLD,
