@@ -126,9 +126,12 @@ class RayConfig:
 @dataclass
 class TracksSection:
     """The ``tracks/`` table of the output (``pipelines.formats.track_parquet``). ``calibration``: a track
-    calibration JSON (``actors.track_calibration``, fitted on held-out labeled tracks) at a local path
-    (relative paths are tried from the working directory, then from the project root) or any fsspec URI; it
-    gives every track its ``confidence``. Unset (the default): ``confidence`` is null, never a guess."""
+    calibration JSON (``actors.track_calibration``, fitted on held-out labeled tracks by ``vrseg calibrate``)
+    at a local path (relative paths are tried from the working directory, then from the project root) or any
+    fsspec URI; it gives every track its ``confidence`` and, when it holds a no-target rule (version 2),
+    decides which tracks are no-target, whose masks are then written empty. Unset (the default):
+    ``confidence`` is null, never a guess, and a track is no-target only when the engine found its object on
+    no frame."""
 
     calibration: str | None = None
 
