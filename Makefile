@@ -14,9 +14,10 @@ lint: env
 test: env lint
 	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
-# benches/evidence.py and benches/tracker_quality.py measure a trained model (`make model` runs evidence.py on its model).
+# benches/evidence.py, benches/tracker_quality.py and benches/label_quality.py measure a trained model (`make model`
+# runs evidence.py on its model).
 bench: env
-	for b in $(filter-out benches/evidence.py benches/tracker_quality.py,$(wildcard benches/*.py)); do echo "== $$b"; .venv/bin/python $$b || exit 1; done
+	for b in $(filter-out benches/evidence.py benches/tracker_quality.py benches/label_quality.py,$(wildcard benches/*.py)); do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
 # The shipped procedural model from nothing: training corpora, SAM2 prompt and tracking stages, static and joint stages, release with
 # training record, loss curves, held-out evaluation and model card (models/procedural/). 45 min budget on 2 cores.

@@ -5,7 +5,8 @@ Columns (``TRACK_SCHEMA``):
 - ``video_id``, ``expr_id``;
 - ``confidence``: the probability that the track is right, the labeling config's calibration
   (``tracks.calibration``, ``actors.track_calibration``) applied to ``features``; null without one;
-- ``no_target``: the object is present on no frame (every mask of the expression is empty);
+- ``no_target``: the object is present on no frame (every mask of the expression is empty), or a calibration's
+  no-target rule decided so (``TrackCalibration.assess``), and its masks were then written empty;
 - ``start``, ``end``: the moment ``[FIND]`` predicts, in seconds (nullable);
 - ``anchor_frame``: where propagation started; ``key_frames``; ``reseed_frames``: the key frames where the
   key-frame mask was fed in during propagation (anchor updating); ``cleared_frames``: the key frames where
