@@ -35,7 +35,7 @@ from actors.uri import is_relative
 from pipelines.manifest import InputLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LABEL_CONFIG = PROJECT_ROOT / "configs" / "label" / "tiny.yaml"  # the embedded default model
+DEFAULT_LABEL_CONFIG = PROJECT_ROOT / "configs" / "label" / "default.yaml"  # the embedded default: models/procedural
 
 
 @dataclass

@@ -111,42 +111,67 @@ def _git_commit() -> str | None:
         return None
 
 
+def scores_section(evaluation: dict[str, Any] | None) -> str:
+    """The card's scores: the headline figures of ``benches/evidence.py``'s RESULT (all of it is in the record)."""
+    if evaluation is None:
+        return "not measured yet (run `make model`, which ends with `benches/evidence.py`)"
+    main, split = evaluation["main"], evaluation["split"]
+    refvos, tsg = main["refvos"], main["tsg"]
+    kinds = ", ".join(f"{kind} {values['J&F']:.3f}" for kind, values in sorted(refvos["kinds"].items()))
+    samplers = ", ".join(f"{name} {value:.3f}" for name, value in evaluation["samplers"].items() if value is not None)
+    modes = ", ".join(f"{row['row']} {row['J&F']:.3f}" for row in evaluation["modes"])
+    return (f"Held-out split: seed {split['seed']}, {split['videos']} videos of {split['frames']} frames, "
+            f"{split['expressions']} expressions; setting {' + '.join(main['setting'])} "
+            f"(`configs/label/default.yaml`).\n\n"
+            f"- RefVOS J&F {refvos['J&F']:.3f} (J {refvos['J']:.3f}, F {refvos['F']:.3f}); per kind: {kinds}\n"
+            f"- TSG from `[FIND]`: R@0.3 {tsg['R@0.3']:.3f}, R@0.5 {tsg['R@0.5']:.3f}, R@0.7 {tsg['R@0.7']:.3f}, "
+            f"mIoU {tsg['mIoU']:.3f} over {tsg['num_queries']} queries\n"
+            f"- samplers on late-target expressions (J&F): {samplers}\n"
+            f"- propagation (MomentSeg Table 9 rows, J&F): {modes}\n"
+            f"- against Sa2VA's inference ({' + '.join(evaluation['baseline'])}, J&F "
+            f"{evaluation['baseline J&F']:.3f}): ratio {evaluation['ratio']}\n\n"
+            f"Everything the bench printed: `{RECORD_FILE}` (`evaluation`).")
+
+
 def _card(record: dict[str, Any]) -> str:
     counts = record["parameters"]
-    evaluation = record.get("evaluation")
     stages = "\n".join(f"{i + 1}. `{s['name']}` ({s['objective']}{', ' + s['mode'] if s['objective'] == 'joint' else ''}): "
                        f"{s['steps']} steps, {s['samples']} samples, {s['train_seconds'] / 60:.1f} min of training"
                        for i, s in enumerate(record["stages"]))
-    scores = "not measured yet (run `make model`, which ends with `benches/evidence.py`)"
-    if evaluation is not None:
-        scores = "```\n" + json.dumps(evaluation, indent=1) + "\n```"
+    corpora = "\n".join(f"- `{root}`: {facts}" for root, facts in record["corpora"].items())
+    wall = "wall" if record["wall_measured"] else "of training, the stages' sum"
     return f"""# vrseg procedural model
 
-The model `configs/label/default.yaml` labels with (meant to become the embedded default): Qwen2.5-VL and SAM2.1 (the
-real `transformers` and `sam2` classes) sized for `vrseg synth`'s procedural world of moving shapes and trained
-from scratch on 2 CPU cores by `make model`. Weights: `backbone/` (Hugging Face directory), `heads.safetensors`,
-`sam2.safetensors`; `model.yaml` names them relative to this directory.
+The embedded default (`configs/label/default.yaml`, which `vrseg label` without `--config` and `make demo` use):
+Qwen2.5-VL and SAM2.1 (the real `transformers` and `sam2` classes) sized for `vrseg synth`'s procedural world
+of moving shapes and trained from scratch on 2 CPU cores by `make model`. Weights: `backbone/` (Hugging Face
+directory), `heads.safetensors`, `sam2.safetensors`, `sam2_decoder.safetensors`; `model.yaml` names them relative
+to this directory.
 
 ## Size
 LLM {counts['llm']:,} parameters, vision tower {counts['vision']:,}, SAM2 {counts['sam2']:,}, heads {counts['heads']:,}
 (float32). Vocabulary: the procedural grammar, every word one token (`actors/model/scratch_backbone.py`).
 
 ## Data
-`configs/synth/procedural_train.yaml`: {record['corpus']}.
+The recipe's corpora (`vrseg synth`, `configs/synth/procedural_*.yaml`):
+{corpora}
+
 Evaluation uses held-out splits with other seeds (`benches/evidence.py`), never seen in training.
 
-## Recipe (`make model`, {record['wall_seconds'] / 60:.1f} min wall on this machine)
+## Recipe (`make model`, {record['wall_seconds'] / 60:.1f} min {wall} on this machine)
 {stages}
 
 Loss curves: `{CURVES_FILE}`; configurations, seeds, histories and versions: `{RECORD_FILE}`.
 
-## Scores (held-out procedural split)
-{scores}
+## Scores
+{scores_section(record.get("evaluation"))}
 
 ## Limits
 It knows only the procedural world: 5 shapes, 8 colours, 240x320 frames of flat colours, the synthetic grammar
 of expressions and grounding queries. Real videos, other words or other frame sizes are out of its world. SAM2
-runs at 160 px, so mask boundaries are coarse (upsampled from 40x40 logits).
+runs at 256 px, so mask boundaries are coarse (upsampled from 64x64 logits). Expressions that name a shape alone
+("the diamond") are its weakest static ones; its SAM2 tracker, trained on 6-frame clips, drifts over longer
+videos, so it labels with `one_token_seg_all` (every frame decoded from the `[SEG]` prompt) rather than BAP.
 """
 
 
@@ -160,15 +185,18 @@ def release(configs: list[TrainConfig], out: Path, evaluation: Path | None = Non
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(export, out)
-    corpus_record = Path(join(configs[0].data_root or "", "synth_run.json"))
-    corpus = {}
-    if corpus_record.is_file():
-        written = json.loads(corpus_record.read_text())
-        corpus = {k: written[k] for k in ("num_videos", "num_frames", "late_videos", "expressions", "moments")}
+    corpora = {}
+    for root in dict.fromkeys(config.data_root for config in configs if config.data_root):
+        corpus_record = Path(join(root, "synth_run.json"))
+        if corpus_record.is_file():
+            written = json.loads(corpus_record.read_text())
+            corpora[root] = {k: written[k] for k in ("num_videos", "num_frames", "late_videos", "expressions",
+                                                     "moments")}
     record = {
         "stages": stages,
-        "corpus": corpus,
+        "corpora": corpora,
         "wall_seconds": (time.time() - started) if started else sum(s["train_seconds"] for s in stages),
+        "wall_measured": started is not None,
         "parameters": parameter_counts(out),
         "versions": {"python": platform.python_version(),
                      **{name: importlib.metadata.version(name) for name in PACKAGES}},
