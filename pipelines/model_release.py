@@ -50,6 +50,7 @@ RECORD_FILE = "training_record.json"
 CURVES_FILE = "loss_curves.png"
 CARD_FILE = "README.md"
 RESULT_PREFIX = "RESULT "
+UNUSABLE_R05 = 0.1  # below it the card warns that [FIND] moments are not usable
 
 
 def stage_record(config: TrainConfig) -> tuple[dict[str, Any], TrainState]:
@@ -130,7 +131,9 @@ def scores_section(evaluation: dict[str, Any] | None) -> str:
             f"- propagation (MomentSeg Table 9 rows, J&F): {modes}\n"
             f"- against Sa2VA's inference ({' + '.join(evaluation['baseline'])}, J&F "
             f"{evaluation['baseline J&F']:.3f}): ratio {evaluation['ratio']}\n\n"
-            f"Everything the bench printed: `{RECORD_FILE}` (`evaluation`).")
+            f"Everything the bench printed: `{RECORD_FILE}` (`evaluation`)."
+            + (f"\n\n`[FIND]` does not ground queries yet (R@0.5 {tsg['R@0.5']:.3f}): do not use its moments."
+               if tsg["R@0.5"] < UNUSABLE_R05 else ""))
 
 
 def _card(record: dict[str, Any]) -> str:

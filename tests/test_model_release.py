@@ -25,6 +25,12 @@ def test_scores_name_the_headline_figures() -> None:
     assert "(J&F): mcs 0.500, firstk 0.250\n" in card  # a sampler without expressions is left out
     assert "forward (mcs) 0.200, bap (mcs) 0.300" in card
     assert "uniform + anchor_updating, J&F 0.400): ratio 1.25" in card
+    assert "does not ground" not in card
+
+
+def test_scores_warn_when_find_does_not_ground() -> None:
+    evaluation = {**EVALUATION, "main": {**EVALUATION["main"], "tsg": {**EVALUATION["main"]["tsg"], "R@0.5": 0.0}}}
+    assert "`[FIND]` does not ground queries yet (R@0.5 0.000)" in scores_section(evaluation)
 
 
 def test_scores_before_the_evaluation_say_so() -> None:
