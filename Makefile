@@ -20,7 +20,7 @@ bench: env
 	for b in $(filter-out benches/evidence.py benches/tracker_quality.py benches/label_quality.py,$(wildcard benches/*.py)); do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
 # The shipped procedural model from nothing: training corpora, SAM2 prompt and tracking stages, static and joint stages, release with
-# training record, loss curves, held-out evaluation and model card (models/procedural/). 45 min budget on 2 cores.
+# training record, loss curves, held-out evaluation, model card and track calibration (models/procedural/). 45 min budget on 2 cores.
 MODEL_STAGES = configs/train/procedural_prompts.yaml configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
 model: env
 	$(eval STARTED := $(shell date +%s))
@@ -35,6 +35,8 @@ model: env
 	.venv/bin/python benches/evidence.py --config configs/label/default.yaml | tee runs/procedural/evaluation.txt
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED) \
 		--evaluation runs/procedural/evaluation.txt
+	.venv/bin/python benches/label_quality.py --config configs/label/default.yaml \
+		--save-calibration models/procedural/tracks_calibration.json | tee runs/procedural/label_quality.txt
 
 # Issue 13, not in CI: Qwen2.5-VL-3B-Instruct, SAM2.1 hiera-L and Sa2VA-Qwen2.5-VL-3B written with random weights in
 # their published layouts (under /tmp, deleted at the end), loaded through the shipped configs: vrseg label with both

@@ -130,7 +130,9 @@ def test_the_labeling_config_names_an_optional_calibration(tmp_path: Path, capsy
     from pipelines.label import main
     from pipelines.label_config import DEFAULT_LABEL_CONFIG, LabelConfig
 
-    assert load_config(LabelConfig, DEFAULT_LABEL_CONFIG).track_calibration() is None  # unset: confidence null
+    assert load_config(LabelConfig, "configs/label/tiny.yaml").track_calibration() is None  # unset: confidence null
+    shipped = load_config(LabelConfig, DEFAULT_LABEL_CONFIG).track_calibration()  # the shipped model's, fitted
+    assert shipped is not None and shipped.features == tuple(FEATURE_NAMES)
     features, labels = _separable(2)
     fitted = TrackCalibration.fit(features, labels, FEATURE_NAMES)
     fitted.save(str(tmp_path / "tracks.json"))
