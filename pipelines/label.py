@@ -438,7 +438,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlays", type=int, default=0, metavar="N", help="write N overlay videos under overlays/")
     parser.add_argument("--report", action="store_true",
                         help="then write report.html and review.jsonl into the output (as vrseg report --labels)")
-    add_job_arguments(parser, "configs/label/<name>.yaml (default: the embedded default, configs/label/tiny.yaml)")
+    add_job_arguments(parser, "configs/label/<name>.yaml (default: the embedded default, configs/label/default.yaml: models/procedural)")
     parser.set_defaults(func=run)
 
 
