@@ -130,14 +130,16 @@ class TrainResult:
 def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[TrackingClip]:
     """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks, and
     per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking,
-    ``TrackingClip``s (prompt on the clip's first frame), one per object of a row, sharing its frames array."""
+    ``TrackingClip``s (prompt on the clip's first frame, ``clip_cond`` frames conditioned on their masks), one per
+    object of a row, sharing its frames array."""
     if len(batch["task"]) and batch["task"][0] == "clip":
         clips = []
         for row in range(len(batch["index"])):
             frames = np.array(batch["clip_frames"][row])  # one array for the row's objects: encoded once
             kinds = str(batch["prompt"][row]).split(",")
+            conditioning = tuple(int(t) for t in np.flatnonzero(batch["clip_cond"][row]))
             clips += [TrackingClip(frames=frames, masks=masks, prompt_frame=0, prompt=kind,
-                                   seed=int(batch["index"][row]) + (k << 32))
+                                   seed=int(batch["index"][row]) + (k << 32), cond_frames=conditioning)
                       for k, (masks, kind) in enumerate(zip(np.array(batch["clip_masks"][row]), kinds, strict=True))]
         return clips
     samples = []
@@ -195,10 +197,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.o
 def training_network(model: SegModel, model_config: ModelConfig, config: TrainConfig) -> torch.nn.Module:
     """The module the optimizer trains: ``model`` itself (joint; ``enable_training(mode)``) or SAM2's tracking
     objective (weighted by ``model_config.tracking_losses``) around ``model.sam2`` with every SAM2 parameter
-    trainable (``sam2_tracking``)."""
+    trainable but those of ``config.sam2_frozen`` (``sam2_tracking``)."""
     if config.objective == "sam2_tracking":
         model.requires_grad_(False)
         model.sam2.requires_grad_(True)
+        for name in config.sam2_frozen:
+            getattr(model.sam2.sam, name).requires_grad_(False)
         return Sam2TrackingObjective(model.sam2, model_config.tracking_losses).train()
     model.enable_training(config.mode)
     return model

@@ -22,6 +22,8 @@ REFVOS_FORMATS = ("mevis", "revos", "refytvos")
 TSG_FORMATS = ("charades-sta", "activitynet")
 STRATEGIES = ("ddp", "fsdp")
 OBJECTIVES = ("joint", "sam2_tracking")
+SAM2_MODULES = ("image_encoder", "mask_downsample", "memory_attention", "memory_encoder", "sam_prompt_encoder",
+                "sam_mask_decoder", "obj_ptr_proj", "obj_ptr_tpos_proj")  # SAM2Base's child modules
 
 
 @dataclass
@@ -97,6 +99,9 @@ class SampleConfig:
     merged into the default, so a kind it leaves out keeps its default weight). A clip tracks up to
     ``clip_objects`` objects of its video, each with its own prompt: the sampled one and others visible on the
     clip's first frame (SAM2 training's ``max_num_objects``), all read from one encoding of the frames.
+    ``clip_cond_frames``: at most this many conditioning frames per clip (the prompt's and 0 to n - 1 extra
+    ones given their ground-truth masks, uniform: SAM2.1's ``num_init_cond_frames_for_train`` with
+    ``rand_init_cond_frames_for_train``), which teaches the tracker the key-frame masks anchor updating feeds it.
     """
 
     lowres_frames: int = 8
@@ -114,6 +119,7 @@ class SampleConfig:
     clip_size: list[int] = field(default_factory=lambda: [256, 256])
     clip_prompts: dict[str, float] = field(default_factory=lambda: {"mask": 0.5, "box": 0.25, "points": 0.25})
     clip_objects: int = 1
+    clip_cond_frames: int = 1
     keep_aspect: bool = True
 
     def __post_init__(self) -> None:
@@ -125,6 +131,9 @@ class SampleConfig:
             raise ValueError(f"data.clip_frames must be >= 1, got {self.clip_frames}")
         if self.clip_objects < 1:
             raise ValueError(f"data.clip_objects must be >= 1, got {self.clip_objects}")
+        if not 1 <= self.clip_cond_frames <= self.clip_frames:
+            raise ValueError(f"data.clip_cond_frames must be in [1, data.clip_frames = {self.clip_frames}], "
+                             f"got {self.clip_cond_frames}")
         unknown = sorted(set(self.clip_prompts) - set(PROMPT_KINDS))
         if unknown or not self.clip_prompts or min(self.clip_prompts.values()) < 0 or sum(self.clip_prompts.values()) <= 0:
             raise ValueError(f"data.clip_prompts must weigh {list(PROMPT_KINDS)} with weights >= 0 and a positive "
@@ -237,6 +246,10 @@ class TrainConfig:
     ``actors.model.sam2_video_training``). ``mode`` (``joint`` only): ``lora`` (LoRA + new token rows, the
     default for pretrained backbones), ``full`` (every MLLM parameter, vision tower included: training
     from scratch) or ``heads`` (the MLLM frozen, only the heads and SAM2's mask decoder: prompt alignment).
+    ``sam2_frozen`` (``sam2_tracking`` only): SAM2 modules (children of ``SAM2Base``, e.g. ``image_encoder``)
+    kept as they are while the rest of the tracker trains. Freezing the image encoder refines the tracker of
+    a model whose prompted path (the MLLM's location map and mask decoder, trained on those image features)
+    is already trained, without invalidating it.
     ``prompt_calibration`` (``joint``, a fresh run only): the data-dependent ``[SEG]`` projection
     initialisation of ``actors.model.prompt_calibration`` on the first ``batches`` batches of each worker.
     """
@@ -261,6 +274,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     prompt_calibration: PromptCalibrationConfig = field(default_factory=PromptCalibrationConfig)
+    sam2_frozen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -289,6 +303,11 @@ class TrainConfig:
         if 0 < self.prompt_calibration.batches * self.optim.batch_size < 2:
             raise ValueError("prompt_calibration needs >= 2 samples per worker (batches x optim.batch_size), got "
                              f"{self.prompt_calibration.batches} x {self.optim.batch_size}")
+        unknown = sorted(set(self.sam2_frozen) - set(SAM2_MODULES))
+        if unknown:
+            raise ValueError(f"sam2_frozen names {unknown}: not SAM2 modules (one of {list(SAM2_MODULES)})")
+        if self.sam2_frozen and self.objective != "sam2_tracking":
+            raise ValueError(f"sam2_frozen applies to the sam2_tracking objective, not '{self.objective}'")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
 

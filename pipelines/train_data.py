@@ -41,6 +41,9 @@ Sample contents (MomentSeg 3.2.1, Eq. 4-5):
   ``clip_masks`` are (K, T, H, W) for its K objects: the drawn one and, with ``clip_objects`` > 1, up to
   ``clip_objects - 1`` others visible on the first frame, each with its own prompt kind (``prompt``: the K
   kinds joined by commas), as SAM2 training tracks several objects of a clip from one encoding of its frames.
+  With ``clip_cond_frames`` n > 1, the clip also gets 0 to n - 1 (uniform) extra conditioning frames at
+  distinct random positions after its first (SAM2.1's ``rand_init_cond_frames_for_train``), the same for
+  all of its objects: ``clip_cond`` (T,) uint8 marks them, and their ground-truth masks are their prompts.
 """
 
 from __future__ import annotations
@@ -399,9 +402,14 @@ class SampleBuilder:
         kept = [k for k, m in enumerate(masks) if m[0].any()]
         if not kept or kept[0] != 0:
             return None
+        conditioning = np.zeros(len(window), dtype=np.uint8)
+        if self.data.clip_cond_frames > 1:  # no draw otherwise: one-prompt runs sample as they always did
+            extra = int(rng.integers(0, self.data.clip_cond_frames))
+            conditioning[1 + rng.choice(len(window) - 1, size=extra, replace=False)] = 1
         return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
                 "expression": item.expression.text, "template": 0, "clip_frames": clip,
-                "clip_masks": np.stack([masks[k] for k in kept]), "prompt": ",".join(prompts[k] for k in kept)}
+                "clip_masks": np.stack([masks[k] for k in kept]), "prompt": ",".join(prompts[k] for k in kept),
+                "clip_cond": conditioning}
 
     def _prompt_kind(self, rng: np.random.Generator) -> str:
         kinds = sorted(self.data.clip_prompts)

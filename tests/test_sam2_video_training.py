@@ -222,6 +222,35 @@ def test_tracked_frames_read_the_prompt_through_memory(config: Sam2Config) -> No
         assert not torch.equal(a.mask_logits, b.mask_logits)
 
 
+def test_conditioning_frames_output_their_masks_and_steer_the_frames_around_them(config: Sam2Config) -> None:
+    """SAM2.1's extra conditioning frame: its ground-truth mask is its output (no gradient, as the prompt's), and
+    the tracked frames before and after it read it from memory."""
+    bridge = build_sam2(config).eval()
+    objective = Sam2TrackingObjective(bridge)
+    clip = disk_clip(num_frames=6)
+    conditioned = TrackingClip(clip.frames, clip.masks, 0, "mask", cond_frames=(4,))
+    with torch.no_grad():
+        plain, anchored = objective.track(clip), objective.track(conditioned)
+    targets = objective.targets(clip)
+    assert torch.equal(anchored[4].mask_logits > 0, targets[4] > 0)
+    assert not torch.equal(plain[4].mask_logits > 0, targets[4] > 0)
+    for t in (1, 2, 3, 5):  # every tracked frame reads frame 4's memory (before it too: SAM2 reads all conditioning)
+        assert not torch.allclose(plain[t].mask_logits, anchored[t].mask_logits), t
+    assert torch.equal(plain[0].mask_logits, anchored[0].mask_logits)  # the prompt frame is its mask either way
+    bridge.train()
+    torch.manual_seed(0)
+    objective([conditioned])["loss"].backward()
+    assert grad_norm(bridge, "memory_attention") > 0
+
+
+@pytest.mark.parametrize("cond_frames", [(0, 3), (4, 2), (6,), (3, 3)])
+def test_conditioning_frames_are_validated_by_name(cond_frames: tuple[int, ...]) -> None:
+    clip = disk_clip(num_frames=6)
+    with pytest.raises(ValueError, match=r"TrackingClip.cond_frames must be sorted distinct frames in \[0, 6\) "
+                                         r"other than prompt_frame 0"):
+        TrackingClip(clip.frames, clip.masks, 0, "mask", cond_frames=cond_frames)
+
+
 def test_objects_of_one_clip_share_one_encoding_and_keep_their_own_losses(config: Sam2Config) -> None:
     bridge = build_sam2(config).eval()  # eval: no dropout, so separate and shared runs compare exactly
     objective = Sam2TrackingObjective(bridge)

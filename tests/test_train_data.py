@@ -14,6 +14,7 @@ from actors import rle as rle_codec
 from actors.config import ConfigError
 from pipelines.formats import Expression, RLETrack, VideoRecord
 from pipelines.synthetic import COLOURS
+from pipelines.train_config import SampleConfig
 from pipelines.train_data import (
     SampleBuilder,
     fitted_size,
@@ -191,8 +192,6 @@ def test_joint_3b_follows_momentseg_appendix_b2():
 
 
 def test_clip_prompts_merge_into_the_default_and_one_frame_mask_prompts_are_refused() -> None:
-    from pipelines.train_config import SampleConfig
-
     with pytest.raises(ValueError, match=r"data.clip_prompts must weigh \['mask', 'box', 'points'\]"):
         SampleConfig(clip_prompts={"click": 1.0})
     with pytest.raises(ValueError, match=r"mask prompts weight 0.5 with data.clip_frames 1: .* no gradient"):
@@ -229,3 +228,32 @@ def test_a_clip_tracks_up_to_clip_objects_objects_visible_on_its_first_frame(cor
     assert sum(len(row["clip_masks"]) for row in clips) < sum(counts)
     with pytest.raises(ValueError, match="data.clip_objects must be >= 1, got 0"):
         tiny_config(corpus, "data.clip_objects=0")
+
+
+def test_clips_draw_extra_conditioning_frames_without_changing_their_content(corpus: Path, ray_local: None) -> None:
+    """With ``clip_cond_frames`` 3, each clip marks 0 to 2 frames after its first as conditioning frames (all
+    counts occur); its frames, masks and prompts are those of the one-prompt clip of the same index."""
+    import ray
+
+    catalog = ray.put(read_catalog(tiny_config(corpus)))
+    cond = SampleBuilder([catalog], tiny_config(corpus, "data.clip_frames=5", "data.clip_cond_frames=3").data,
+                         seed=5, objective="sam2_tracking")
+    plain = SampleBuilder([catalog], tiny_config(corpus, "data.clip_frames=5").data, seed=5,
+                          objective="sam2_tracking")
+    counts = []
+    for i in range(24):
+        row, alone = cond({"index": i}), plain({"index": i})
+        if row["task"] != "clip":
+            continue
+        marks = row["clip_cond"]
+        assert marks.shape == (5,) and marks.dtype == np.uint8 and marks[0] == 0 and set(marks.tolist()) <= {0, 1}
+        counts.append(int(marks.sum()))
+        assert not alone["clip_cond"].any()
+        for key in ("clip_frames", "clip_masks"):
+            assert np.array_equal(row[key], alone[key]), key
+        assert row["prompt"] == alone["prompt"]
+    assert set(counts) == {0, 1, 2}, counts
+    with pytest.raises(ValueError, match=r"data.clip_cond_frames must be in \[1, data.clip_frames = 5\], got 6"):
+        SampleConfig(clip_frames=5, clip_cond_frames=6)
+    with pytest.raises(ValueError, match=r"data.clip_cond_frames must be in \[1, data.clip_frames = 8\], got 0"):
+        SampleConfig(clip_cond_frames=0)

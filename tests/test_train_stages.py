@@ -19,8 +19,9 @@ from train_corpus import write_train_corpus
 from actors.config import ConfigError, load_config
 from actors.model.checkpoints import build_model, load_exported
 from actors.model.config import ModelConfig
+from actors.model.sam2_video_training import TrackingClip
 from pipelines.model_release import release
-from pipelines.train import run_training
+from pipelines.train import run_training, training_network
 from pipelines.train_config import TrainConfig, load_train_config
 
 TRACK_PARTS = ("track_focal", "track_dice", "track_iou", "track_object")
@@ -77,6 +78,34 @@ def test_the_procedural_recipe_chains_each_stage_from_the_previous_export() -> N
     assert prompts.objective == tracking.objective == "sam2_tracking"
     assert prompts.data.clip_frames == 1 and prompts.data.clip_prompts["mask"] == 0
     assert tracking.data.clip_frames > 1 and tracking.data.clip_prompts["mask"] > 0
+
+
+def test_sam2_frozen_keeps_named_modules_while_the_tracker_trains(corpus: Path) -> None:
+    """``sam2_frozen: [image_encoder]`` (the tracker stage of a model whose prompted path reads the image
+    features): an AdamW step on the tracking objective moves memory attention and leaves the encoder as it was."""
+    config = _config("configs/train/tiny_sam2.yaml", corpus, "sam2_frozen=[image_encoder]", "optim.lr=1e-2")
+    model = build_model(load_config(ModelConfig, TINY_MODEL))
+    network = training_network(model, load_config(ModelConfig, TINY_MODEL), config)
+    before = {k: v.clone() for k, v in model.sam2.sam.state_dict().items()}
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    assert not any(p.requires_grad for p in model.sam2.sam.image_encoder.parameters())
+    assert not any(p.requires_grad for p in model.mllm.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[:, 20:40, 10:30] = 1
+    frames[masks.astype(bool)] = (230, 40, 40)
+    network([TrackingClip(frames, masks, 0, "box", cond_frames=(2,))])["loss"].backward()
+    optimizer.step()
+    after = model.sam2.sam.state_dict()
+    assert not _changed(before, after, "image_encoder.")
+    assert _changed(before, after, "memory_attention.") and _changed(before, after, "sam_mask_decoder.")
+    with pytest.raises(ConfigError, match=r"sam2_frozen names \['vision'\]: not SAM2 modules"):
+        _config("configs/train/tiny_sam2.yaml", corpus, "sam2_frozen=[vision]")
+    with pytest.raises(ConfigError, match="sam2_frozen applies to the sam2_tracking objective, not 'joint'"):
+        _config("configs/train/tiny.yaml", corpus, "sam2_frozen=[image_encoder]")
 
 
 def test_tsg_sources_are_refused_by_the_tracking_objective(corpus: Path) -> None:

@@ -15,11 +15,18 @@ Choices written down:
 - ``SAM2Base.track_step`` of sam2 1.1.0 returns only the selected mask, so each frame is
   ``_track_step`` + ``_encode_memory_in_output``, the composition ``SAM2Train.track_step`` uses, keeping the
   decoder's candidates (``high_res_multimasks``) and all its IoU predictions for the loss.
-- One prompt per clip, on ``prompt_frame``; SAM2's interactive correction clicks (up to 7 per corrected
-  frame in SAM2.1's config) and its second random conditioning frame are not simulated. SAM2 training
+- One prompt per clip, on ``prompt_frame``, plus optional extra *conditioning* frames (``cond_frames``),
+  each given the object's ground-truth mask as a mask prompt: SAM2.1's second random initial conditioning
+  frame (``num_init_cond_frames_for_train: 2``, ``rand_init_cond_frames_for_train``), which is what
+  MomentSeg's anchor updating feeds the tracker at inference (key-frame masks entering memory as
+  conditioning frames). As in ``SAM2Train.forward_tracking``, every conditioning frame is processed first
+  (the prompt frame, then the others in time order) and stored under ``cond_frame_outputs``, so the frames
+  tracked afterwards read them wherever they are in the clip, before or after. SAM2's interactive
+  correction clicks (up to 7 per corrected frame in SAM2.1's config) are not simulated. SAM2 training
   always prompts frame 0 and tracks forward; here tracking runs forward from ``prompt_frame`` to the last
   frame, then backward from ``prompt_frame - 1`` to 0 with ``track_in_reverse=True`` in the same
-  ``output_dict``, as ``SAM2VideoPredictor.propagate_in_video`` does for a prompt in mid-clip.
+  ``output_dict``, as ``SAM2VideoPredictor.propagate_in_video`` does for a prompt in mid-clip; the
+  conditioning frames are skipped (their output is their mask).
 - Mask prompts take SAM2's ``use_mask_input_as_output_without_sam`` path when the config has it (every
   published SAM2.1 config): the prompted frame's output is the input mask itself (logits of +-10), the IoU
   prediction a constant 1 and the object score +-10, so that frame's loss carries no gradient, as in SAM2;
@@ -60,13 +67,16 @@ BOX_LABELS = (2, 3)  # top-left, bottom-right corner
 class TrackingClip:
     """One object in one clip: ``frames`` (T, H, W, 3) uint8, ``masks`` (T, H, W) uint8 (or bool) in {0, 1}
     (an empty mask where the object is absent), the prompt on ``prompt_frame`` (where the object must be
-    present) as a ``"mask"``, ``"box"`` or ``"points"`` prompt, and the ``seed`` that samples the points."""
+    present) as a ``"mask"``, ``"box"`` or ``"points"`` prompt, and the ``seed`` that samples the points.
+    ``cond_frames``: further frames whose ground-truth mask (empty where the object is absent) enters memory
+    as a conditioning frame (SAM2's extra initial conditioning frames), sorted, without ``prompt_frame``."""
 
     frames: np.ndarray
     masks: np.ndarray
     prompt_frame: int = 0
     prompt: str = "mask"
     seed: int = 0
+    cond_frames: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         frames, masks = self.frames, self.masks
@@ -86,6 +96,11 @@ class TrackingClip:
             raise ValueError(
                 f"TrackingClip.masks[{self.prompt_frame}] (the prompt_frame) is empty: the prompt needs the object"
             )
+        cond = tuple(int(t) for t in self.cond_frames)
+        if list(cond) != sorted(set(cond)) or self.prompt_frame in cond or not all(0 <= t < len(frames) for t in cond):
+            raise ValueError(f"TrackingClip.cond_frames must be sorted distinct frames in [0, {len(frames)}) "
+                             f"other than prompt_frame {self.prompt_frame}, got {list(self.cond_frames)}")
+        self.cond_frames = cond
 
     @property
     def num_frames(self) -> int:
@@ -194,21 +209,26 @@ class Sam2TrackingObjective(torch.nn.Module):
 
     def track(self, clip: TrackingClip, targets: torch.Tensor | None = None,
               features: ImageFeatures | None = None) -> list[TrackedFrame]:
-        """Prompt ``clip.prompt_frame``, track forward to the last frame and backward to frame 0 (SAM2's
-        ``_track_step`` + ``_encode_memory_in_output`` per frame); returns the frames in time order.
-        ``features``: the clip's frames already encoded (``Sam2Bridge.encode_images``)."""
+        """Prompt ``clip.prompt_frame`` and seed ``clip.cond_frames`` with their masks, then track forward to
+        the last frame and backward to frame 0 (SAM2's ``_track_step`` + ``_encode_memory_in_output`` per
+        frame); returns the frames in time order. ``features``: the clip's frames already encoded
+        (``Sam2Bridge.encode_images``)."""
         sam = self.bridge.sam
         targets = self.targets(clip) if targets is None else targets
         if features is None:
             features = self.bridge.encode_images(clip.frames)  # all T frames in one batch, levels (HW, T, C)
-        point_inputs, mask_inputs = self._prompt_inputs(clip, targets)
-        num_frames, start = clip.num_frames, clip.prompt_frame
-        order = [(start, False), *((t, False) for t in range(start + 1, num_frames))]
-        order += [(t, True) for t in range(start - 1, -1, -1)]
+        prompt_points, prompt_mask = self._prompt_inputs(clip, targets)
+        num_frames, start, conditioning = clip.num_frames, clip.prompt_frame, set(clip.cond_frames)
+        order = [(start, False), *((t, False) for t in clip.cond_frames)]
+        order += [(t, False) for t in range(start + 1, num_frames) if t not in conditioning]
+        order += [(t, True) for t in range(start - 1, -1, -1) if t not in conditioning]
         output_dict: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         tracked: dict[int, TrackedFrame] = {}
         for frame_idx, reverse in order:
-            is_cond = frame_idx == start
+            is_cond = frame_idx == start or frame_idx in conditioning
+            point_inputs = prompt_points if frame_idx == start else None
+            mask_inputs = (prompt_mask if frame_idx == start
+                           else targets[frame_idx][None, None] if frame_idx in conditioning else None)
             vision_feats = [x[:, frame_idx : frame_idx + 1] for x in features.vision_feats]  # (HW, 1, C)
             vision_pos = [x[:, frame_idx : frame_idx + 1] for x in features.vision_pos]
             current_out, sam_outputs, _, _ = sam._track_step(
@@ -217,8 +237,8 @@ class Sam2TrackingObjective(torch.nn.Module):
                 current_vision_feats=vision_feats,
                 current_vision_pos_embeds=vision_pos,
                 feat_sizes=features.feat_sizes,
-                point_inputs=point_inputs if is_cond else None,
-                mask_inputs=mask_inputs if is_cond else None,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
                 output_dict=output_dict,
                 num_frames=num_frames,
                 track_in_reverse=reverse,
@@ -230,7 +250,7 @@ class Sam2TrackingObjective(torch.nn.Module):
             sam._encode_memory_in_output(
                 current_vision_feats=vision_feats,
                 feat_sizes=features.feat_sizes,
-                point_inputs=point_inputs if is_cond else None,
+                point_inputs=point_inputs,
                 run_mem_encoder=True,
                 high_res_masks=high_res_masks,
                 object_score_logits=object_score_logits,
