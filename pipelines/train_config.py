@@ -102,6 +102,17 @@ class SampleConfig:
     ``clip_cond_frames``: at most this many conditioning frames per clip (the prompt's and 0 to n - 1 extra
     ones given their ground-truth masks, uniform: SAM2.1's ``num_init_cond_frames_for_train`` with
     ``rand_init_cond_frames_for_train``), which teaches the tracker the key-frame masks anchor updating feeds it.
+
+    ``frame_cache_mb``: MiB of decoded frames each decode actor keeps (``pipelines.frame_cache``; 0: off), so a
+    video is decoded about once per output size, source and actor instead of once per sample; samples are the
+    same pixels either way. An entry is a whole video at one size (T x h x w x 3 bytes); memory grows to the
+    corpus' entries or the budget, whichever is smaller, per actor (``decode_actors`` x ``frame_cache_mb`` in
+    all). The default 3072 holds the procedural corpora whole (``procedural_tracker``: 96 videos of 64 frames at
+    192x256, 0.86 GiB; ``procedural_refer``: 240 videos at 84x112 and 192x256, 2.9 GiB) and leaves room beside
+    two training workers of ~3.5 GB on a 24 GiB machine. Under uniform sampling about ``budget / corpus`` of
+    the reads hit, and a miss decodes the whole video (2-3x the CPU of the few frames a sample reads): a
+    corpus several times larger than the budget costs more CPU with the cache than without it (measured with
+    ``benches/train_data_cache.py``: 0.79x at 1 GiB for ``procedural_refer``); size the budget or turn it off.
     """
 
     lowres_frames: int = 8
@@ -121,6 +132,7 @@ class SampleConfig:
     clip_objects: int = 1
     clip_cond_frames: int = 1
     keep_aspect: bool = True
+    frame_cache_mb: int = 3072
 
     def __post_init__(self) -> None:
         if self.lowres_frames < 2 or self.lowres_frames % 2:
@@ -150,6 +162,9 @@ class SampleConfig:
             raise ValueError("data.decode_actors and data.rows_per_block must be >= 1, data.cpus_per_actor >= 0")
         if self.fixed_pool is not None and self.fixed_pool < 1:
             raise ValueError(f"data.fixed_pool must be >= 1 or null, got {self.fixed_pool}")
+        if isinstance(self.frame_cache_mb, bool) or not isinstance(self.frame_cache_mb, int) or self.frame_cache_mb < 0:
+            raise ValueError(f"data.frame_cache_mb must be an int >= 0 (MiB per decode actor, 0: off), "
+                             f"got {self.frame_cache_mb!r}")
 
 
 @dataclass

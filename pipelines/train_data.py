@@ -12,6 +12,18 @@ Reads top to bottom as the data flows:
    sample is the same whichever actor builds it, and a resumed run continues the index sequence.
 3. ``SampleBuilder`` decodes and resizes (decord through ``actors.decode.VideoDecoder`` for video files,
    PIL for JPEG frame folders) and rasterises the masks, all on the data CPUs, never in the training loop.
+   Decoded frames are cached per actor (``data.frame_cache_mb``, 0: off; ``pipelines.frame_cache``): the
+   first sample of a video at an output size decodes the whole video at that size, forward once, into a
+   ``DecodedFrameCache`` entry keyed by (source, video id, size), and every later sample of that video and
+   size indexes it, so a small corpus sampled many times is decoded about once per video, size and actor
+   instead of once per sample; the least recently used videos are evicted past the budget. JPEG folders are
+   cached the same way (every JPEG of the video read and resized once). A video's frame count, size and
+   frame rate are kept per actor too, so a sample served from the cache opens no decoder. Samples are the
+   same bytes with the cache and without it: decord scales each decoded picture on its own in its filter
+   graph and PIL resizes each JPEG on its own, so frame i at size S does not depend on which frames were
+   decoded with it (measured on the procedural corpora and on a 8-frame-GOP, B-frame mp4, odd sizes and
+   decord's narrow-width workaround included; ``tests/test_frame_cache.py`` compares whole rows). A video
+   larger than the whole budget at a size is read by random access as without the cache, evicting nothing.
 4. The trainer splits the dataset across workers (``ray.train.get_dataset_shard``) and turns batches
    into ``TrainSample``s (``pipelines.train.train_samples``). This module imports no deep-learning
    library, so the decode actors start fast.
@@ -48,7 +60,7 @@ Sample contents (MomentSeg 3.2.1, Eq. 4-5):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +74,11 @@ from actors.decode import VideoDecoder
 from actors.model.prompts import FIND_ANSWERS
 from actors.uri import filesystem_for, join, redact
 from pipelines.formats import Dataset, Expression, Moment, RLETrack, VideoRecord, read_dataset
+from pipelines.frame_cache import DecodedFrameCache
 from pipelines.train_config import SampleConfig, SourceConfig, TrainConfig
 
 MAX_DRAWS = 64  # items tried for one sample before giving up (RefVOS items whose target is never visible)
+DECODE_CHUNK = 32  # frames decoded per call when the frame cache decodes a whole video
 
 
 # ------------------------------------------------------------------------------------------ catalog
@@ -277,10 +291,102 @@ class JpegFrames:
         return None
 
 
+FrameReader = VideoDecoder | JpegFrames
+"""What reads one video's frames without the cache: decord for a video file, PIL for a JPEG folder."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a sample needs to know of a video before reading frames (its reader's, not its annotations')."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None  # None for a JPEG folder
+
+    @classmethod
+    def of(cls, reader: FrameReader) -> VideoInfo:
+        fps = reader.fps if isinstance(reader, VideoDecoder) else reader.record.fps
+        return cls(reader.num_frames, reader.height, reader.width, fps)
+
+
+class CachedFrames:
+    """One video's frames for one sample, read through the actor's ``DecodedFrameCache``.
+
+    Its reader (``open_reader``) is opened at most once, and only when something is not known yet: the video's
+    ``VideoInfo`` (kept in ``infos`` for the actor's later samples) or frames at a size the cache does not
+    hold. ``get`` indexes the whole video decoded at that size, which is the same pixels as the reader's random
+    access (decord scales each decoded picture on its own, whatever was decoded before it; PIL resizes each JPEG
+    on its own); a video too large for the whole budget is read from the reader as without the cache.
+    """
+
+    def __init__(self, source: str, video_id: str, open_reader: Callable[[], FrameReader],
+                 infos: dict[tuple[str, str], VideoInfo], cache: DecodedFrameCache) -> None:
+        self.source, self.video_id = source, video_id
+        self._open_reader = open_reader
+        self._infos = infos
+        self._cache = cache
+        self._reader: FrameReader | None = None
+
+    def _read(self) -> FrameReader:
+        if self._reader is None:
+            self._reader = self._open_reader()
+            self._infos.setdefault((self.source, self.video_id), VideoInfo.of(self._reader))
+        return self._reader
+
+    @property
+    def info(self) -> VideoInfo:
+        info = self._infos.get((self.source, self.video_id))
+        return info if info is not None else VideoInfo.of(self._read())
+
+    @property
+    def num_frames(self) -> int:
+        return self.info.num_frames
+
+    @property
+    def height(self) -> int:
+        return self.info.height
+
+    @property
+    def width(self) -> int:
+        return self.info.width
+
+    @property
+    def fps(self) -> float:
+        fps = self.info.fps
+        if fps is None:
+            raise ValueError(f"{self.source} video {self.video_id!r}: a JPEG frame folder has no frame rate")
+        return fps
+
+    def get(self, indices: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` at ``size`` (h, w) as (N, h, w, 3) uint8, a copy of the cached video's."""
+        height, width = int(size[0]), int(size[1])
+        nbytes = self.num_frames * height * width * 3
+        whole = self._cache.fetch((self.source, self.video_id, (height, width)), nbytes,
+                                  lambda: self._decode_all(height, width))
+        if whole is None:
+            return self._read().get(indices, (height, width))
+        return whole[indices]
+
+    def _decode_all(self, height: int, width: int) -> np.ndarray:
+        """Every frame at (height, width), decoded forward in chunks into one array (one chunk of extra memory)."""
+        reader = self._read()
+        frames = np.empty((self.num_frames, height, width, 3), dtype=np.uint8)
+        for start in range(0, self.num_frames, DECODE_CHUNK):
+            chunk = np.arange(start, min(start + DECODE_CHUNK, self.num_frames))
+            frames[chunk] = reader.get(chunk, (height, width))
+        return frames
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
 class SampleBuilder:
     """Ray Data stage: global sample index -> one decoded, resized training sample (a dict of arrays).
 
-    ``setup`` is the constructor (fetches the catalog once per actor); ``__call__`` builds one row.
+    ``setup`` is the constructor (fetches the catalog once per actor); ``__call__`` builds one row. With
+    ``data.frame_cache_mb`` > 0 every frame is read through the actor's ``DecodedFrameCache`` (``cache``).
     """
 
     def __init__(self, catalog_refs: list[ray.ObjectRef], data: SampleConfig, seed: int,
@@ -290,6 +396,8 @@ class SampleBuilder:
         self.seed = seed
         self.objective = objective
         self._presence: dict[tuple[int, int], np.ndarray] = {}
+        self.cache = DecodedFrameCache(data.frame_cache_mb << 20) if data.frame_cache_mb else None
+        self._infos: dict[tuple[str, str], VideoInfo] = {}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         index = int(row["index"])
@@ -319,17 +427,23 @@ class SampleBuilder:
             self._presence[key] = present_frames(source.videos[item.video_id], item.expression)
         return self._presence[key]
 
-    def _frames(self, source: SourceCatalog, video_id: str) -> VideoDecoder | JpegFrames:
+    def _frames(self, source: SourceCatalog, video_id: str) -> FrameReader | CachedFrames:
         uri = source.video_uri(video_id)
-        if uri is None:
-            return JpegFrames(source.videos[video_id], source.config.storage_options)
-        return VideoDecoder(uri, source.config.storage_options)
 
-    def _size(self, frames: VideoDecoder | JpegFrames, box: Sequence[int]) -> tuple[int, int]:
+        def open_reader() -> FrameReader:
+            if uri is None:
+                return JpegFrames(source.videos[video_id], source.config.storage_options)
+            return VideoDecoder(uri, source.config.storage_options)
+
+        if self.cache is None:
+            return open_reader()
+        return CachedFrames(source.name, video_id, open_reader, self._infos, self.cache)
+
+    def _size(self, frames: FrameReader | CachedFrames, box: Sequence[int]) -> tuple[int, int]:
         return fitted_size(frames.height, frames.width, box, self.data.keep_aspect)
 
     def _empty(self, index: int, source: SourceCatalog, task: str, video_id: str, text: str, template: int,
-               frames: VideoDecoder | JpegFrames) -> dict[str, Any]:
+               frames: FrameReader | CachedFrames) -> dict[str, Any]:
         """A row with zero placeholders at this video's training sizes (a TSG row keeps its key frames and
         masks empty; rows of one video always have one shape, rows of videos of other aspects differ)."""
         data = self.data
