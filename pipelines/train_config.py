@@ -107,12 +107,13 @@ class SampleConfig:
     video is decoded about once per output size, source and actor instead of once per sample; samples are the
     same pixels either way. An entry is a whole video at one size (T x h x w x 3 bytes); memory grows to the
     corpus' entries or the budget, whichever is smaller, per actor (``decode_actors`` x ``frame_cache_mb`` in
-    all). The default 3072 holds the procedural corpora whole (``procedural_tracker``: 96 videos of 64 frames at
-    192x256, 0.86 GiB; ``procedural_refer``: 240 videos at 84x112 and 192x256, 2.9 GiB) and leaves room beside
-    two training workers of ~3.5 GB on a 24 GiB machine. Under uniform sampling about ``budget / corpus`` of
-    the reads hit, and a miss decodes the whole video (2-3x the CPU of the few frames a sample reads): a
-    corpus several times larger than the budget costs more CPU with the cache than without it (measured with
-    ``benches/train_data_cache.py``: 0.79x at 1 GiB for ``procedural_refer``); size the budget or turn it off.
+    all). Under uniform sampling about ``budget / corpus`` of the reads hit, and a miss decodes the whole video
+    (2-3x the CPU of the few frames a sample reads): a corpus several times larger than the budget costs more
+    CPU with the cache than without it (measured with ``benches/train_data_cache.py``: 0.83x at 1 GiB for
+    ``procedural_refer``), so it is off by default (real corpora such as MeViS are far larger than any budget)
+    and the procedural recipe turns it on: 3072 holds those corpora whole (``procedural_train``: 96 videos of
+    64 frames at 192x256, 0.86 GiB; ``procedural_refer``: 240 videos at 84x112 and 192x256, 2.9 GiB) and leaves
+    room beside two training workers of ~3.5 GB on a 24 GiB machine.
     """
 
     lowres_frames: int = 8
@@ -132,7 +133,7 @@ class SampleConfig:
     clip_objects: int = 1
     clip_cond_frames: int = 1
     keep_aspect: bool = True
-    frame_cache_mb: int = 3072
+    frame_cache_mb: int = 0
 
     def __post_init__(self) -> None:
         if self.lowres_frames < 2 or self.lowres_frames % 2:

@@ -45,6 +45,9 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Size, tuple[int
     return CountingDecoder.calls
 
 
+CACHE_ON = "data.frame_cache_mb=64"  # the cache is off by default; the tiny corpus fits in 64 MiB
+
+
 def _rows(config: TrainConfig, indices: range, objective: str = "joint",
           cache: DecodedFrameCache | None = None) -> tuple[list[dict[str, Any]], SampleBuilder]:
     builder = SampleBuilder([ray.put(read_catalog(config))], config.data, seed=7, objective=objective)
@@ -114,7 +117,7 @@ def test_an_entry_larger_than_the_budget_is_neither_decoded_nor_evicts_anything(
 
 
 def test_frame_cache_mb_is_validated() -> None:
-    assert SampleConfig().frame_cache_mb == 3072
+    assert SampleConfig().frame_cache_mb == 0  # off unless a config sizes it to its corpus
     assert SampleConfig(frame_cache_mb=0).frame_cache_mb == 0
     for bad in (-1, 1.5, True, "64"):
         with pytest.raises(ValueError, match=r"data.frame_cache_mb must be an int >= 0 .*got " + repr(bad)):
@@ -134,7 +137,7 @@ def test_frame_cache_mb_errors_name_the_key_in_a_config_file(corpus: Path) -> No
     ("sources.procedural_refvos.videos_uri=null",),  # RefVOS frames from the JPEG folders (PIL)
 ], ids=["mp4", "odd_sizes", "jpeg"])
 def test_rows_with_the_cache_are_the_rows_without_it(corpus: Path, ray_local: None, overrides: tuple[str, ...]) -> None:
-    cached, builder = _rows(tiny_config(corpus, *overrides), range(48))
+    cached, builder = _rows(tiny_config(corpus, *overrides, CACHE_ON), range(48))
     plain, off = _rows(tiny_config(corpus, *overrides, "data.frame_cache_mb=0"), range(48))
     assert off.cache is None and builder.cache is not None
     assert {row["task"] for row in cached} == {"refvos", "tsg"}
@@ -145,7 +148,8 @@ def test_rows_with_the_cache_are_the_rows_without_it(corpus: Path, ray_local: No
 def test_clips_with_the_cache_are_the_clips_without_it(corpus: Path, ray_local: None) -> None:
     def config(*extra: str) -> TrainConfig:
         return load_train_config("configs/train/tiny_sam2.yaml", [
-            f"data_root={corpus}", "data.clip_objects=2", "data.clip_frames=5", "data.clip_cond_frames=2", *extra])
+            f"data_root={corpus}", "data.clip_objects=2", "data.clip_frames=5", "data.clip_cond_frames=2", CACHE_ON,
+            *extra])
 
     cached, builder = _rows(config(), range(32), "sam2_tracking")
     plain, _ = _rows(config("data.frame_cache_mb=0"), range(32), "sam2_tracking")
@@ -156,7 +160,7 @@ def test_clips_with_the_cache_are_the_clips_without_it(corpus: Path, ray_local: 
 
 def test_each_video_is_decoded_once_per_size(corpus: Path, ray_local: None,
                                              counting: list[tuple[str, Size, tuple[int, ...]]]) -> None:
-    rows, builder = _rows(tiny_config(corpus), range(40))
+    rows, builder = _rows(tiny_config(corpus, CACHE_ON), range(40))
     reads = [key for row in rows for key in _frame_keys(row)]
     distinct = set(reads)
     assert builder.cache is not None
@@ -187,7 +191,7 @@ def test_a_small_budget_evicts_and_decodes_again_and_oversize_videos_bypass(
 
     small.fetch = watched  # type: ignore[method-assign]
     counting.clear()
-    rows, _ = _rows(tiny_config(corpus), range(40), cache=small)
+    rows, _ = _rows(tiny_config(corpus, CACHE_ON), range(40), cache=small)
     _assert_same_rows(rows, plain)
     stats = small.stats()
     distinct = {key for row in rows for key in _frame_keys(row)}
@@ -200,7 +204,7 @@ def test_a_small_budget_evicts_and_decodes_again_and_oversize_videos_bypass(
     # a budget below a key-frame entry: key frames go to the decoder by random access, never held, evicting nothing
     tiny = DecodedFrameCache(entry - 1)
     counting.clear()
-    rows, _ = _rows(tiny_config(corpus), range(12), cache=tiny)
+    rows, _ = _rows(tiny_config(corpus, CACHE_ON), range(12), cache=tiny)
     _assert_same_rows(rows, plain[:12])
     refvos = sum(row["task"] == "refvos" for row in rows)
     stats = tiny.stats()
