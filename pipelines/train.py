@@ -130,7 +130,7 @@ class TrainResult:
 def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[TrackingClip]:
     """A numpy batch of ``train_data.SampleBuilder`` rows -> ``TrainSample``s (RefVOS: key frames + masks, and
     per-frame ``[FIND]`` labels with ``data.refvos_find``; TSG: per-frame labels) or, for SAM2 tracking,
-    ``TrackingClip``s (prompt on the clip's first frame, ``clip_cond`` frames conditioned on their masks), one per
+    ``TrackingClip``s (prompt on ``clip_prompt_frame``, ``clip_cond`` frames conditioned on their masks), one per
     object of a row, sharing its frames array."""
     if len(batch["task"]) and batch["task"][0] == "clip":
         clips = []
@@ -138,7 +138,7 @@ def train_samples(batch: Mapping[str, np.ndarray]) -> list[TrainSample] | list[T
             frames = np.array(batch["clip_frames"][row])  # one array for the row's objects: encoded once
             kinds = str(batch["prompt"][row]).split(",")
             conditioning = tuple(int(t) for t in np.flatnonzero(batch["clip_cond"][row]))
-            clips += [TrackingClip(frames=frames, masks=masks, prompt_frame=0, prompt=kind,
+            clips += [TrackingClip(frames=frames, masks=masks, prompt_frame=int(batch["clip_prompt_frame"][row]), prompt=kind,
                                    seed=int(batch["index"][row]) + (k << 32), cond_frames=conditioning)
                       for k, (masks, kind) in enumerate(zip(np.array(batch["clip_masks"][row]), kinds, strict=True))]
         return clips

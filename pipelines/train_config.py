@@ -22,6 +22,7 @@ REFVOS_FORMATS = ("mevis", "revos", "refytvos")
 TSG_FORMATS = ("charades-sta", "activitynet")
 STRATEGIES = ("ddp", "fsdp")
 OBJECTIVES = ("joint", "sam2_tracking")
+CLIP_PROMPT_FRAMES = ("first", "any")
 SAM2_MODULES = ("image_encoder", "mask_downsample", "memory_attention", "memory_encoder", "sam_prompt_encoder",
                 "sam_mask_decoder", "obj_ptr_proj", "obj_ptr_tpos_proj")  # SAM2Base's child modules
 
@@ -102,6 +103,9 @@ class SampleConfig:
     ``clip_cond_frames``: at most this many conditioning frames per clip (the prompt's and 0 to n - 1 extra
     ones given their ground-truth masks, uniform: SAM2.1's ``num_init_cond_frames_for_train`` with
     ``rand_init_cond_frames_for_train``), which teaches the tracker the key-frame masks anchor updating feeds it.
+    ``clip_prompt_frame``: ``first`` (SAM2 training's: the prompt on the clip's first frame, tracked forward)
+    or ``any`` (the prompt on any visible frame of the object, the clip around it, tracked forward and backward
+    from it: what BAP's backward pass and a mid-video anchor need, ``train_data.clip_window_around``).
 
     ``frame_cache_mb``: MiB of decoded frames each decode actor keeps (``pipelines.frame_cache``; 0: off), so a
     video is decoded about once per output size, source and actor instead of once per sample; samples are the
@@ -132,6 +136,7 @@ class SampleConfig:
     clip_prompts: dict[str, float] = field(default_factory=lambda: {"mask": 0.5, "box": 0.25, "points": 0.25})
     clip_objects: int = 1
     clip_cond_frames: int = 1
+    clip_prompt_frame: str = "first"
     keep_aspect: bool = True
     frame_cache_mb: int = 0
 
@@ -144,6 +149,9 @@ class SampleConfig:
             raise ValueError(f"data.clip_frames must be >= 1, got {self.clip_frames}")
         if self.clip_objects < 1:
             raise ValueError(f"data.clip_objects must be >= 1, got {self.clip_objects}")
+        if self.clip_prompt_frame not in CLIP_PROMPT_FRAMES:
+            raise ValueError(f"data.clip_prompt_frame must be one of {list(CLIP_PROMPT_FRAMES)}, "
+                             f"got '{self.clip_prompt_frame}'")
         if not 1 <= self.clip_cond_frames <= self.clip_frames:
             raise ValueError(f"data.clip_cond_frames must be in [1, data.clip_frames = {self.clip_frames}], "
                              f"got {self.clip_cond_frames}")

@@ -56,6 +56,9 @@ Sample contents (MomentSeg 3.2.1, Eq. 4-5):
   With ``clip_cond_frames`` n > 1, the clip also gets 0 to n - 1 (uniform) extra conditioning frames at
   distinct random positions after its first (SAM2.1's ``rand_init_cond_frames_for_train``), the same for
   all of its objects: ``clip_cond`` (T,) uint8 marks them, and their ground-truth masks are their prompts.
+  With ``clip_prompt_frame: any`` the prompt goes on a frame drawn among all the object's visible frames and
+  the window around it (``clip_window_around``; ``clip_prompt_frame`` is its position): tracking runs forward
+  from it and backward to the clip's start, as BAP's two passes run from their anchor.
 """
 
 from __future__ import annotations
@@ -212,6 +215,20 @@ def clip_window(present: np.ndarray, count: int, rng: np.random.Generator) -> np
     full = frames[frames <= len(present) - count]
     start = int(rng.choice(full)) if full.size else int(frames[-1])
     return np.minimum(np.arange(start, start + count), len(present) - 1)
+
+
+def clip_window_around(present: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """``count`` consecutive frame indices around a frame drawn uniformly among those where ``present`` (T,) is
+    true, and that frame's position in them: the window's start is uniform among those keeping it inside the
+    clip and the clip inside the video (a video shorter than ``count`` repeats its last frame). Frames before
+    the prompt are tracked backward, so an object entering the video is seen absent there."""
+    frames = np.flatnonzero(present)
+    if frames.size == 0:
+        raise ValueError("the target is never present")
+    prompt = int(rng.choice(frames))
+    last_start = max(0, len(present) - count)
+    start = int(rng.integers(max(0, prompt - count + 1), min(prompt, last_start) + 1))
+    return np.minimum(np.arange(start, start + count), len(present) - 1), prompt - start
 
 
 def moment_labels(indices: np.ndarray, fps: float, start: float, end: float) -> np.ndarray:
@@ -499,7 +516,10 @@ class SampleBuilder:
         """The clip row, or ``None`` when the drawn object vanishes from the first frame at ``clip_size`` (a
         few pixels at the video's size; the caller draws again). Other objects that vanish so are left out."""
         record = source.videos[item.video_id]
-        window = clip_window(present, self.data.clip_frames, rng)
+        if self.data.clip_prompt_frame == "first":
+            window, at = clip_window(present, self.data.clip_frames, rng), 0
+        else:
+            window, at = clip_window_around(present, self.data.clip_frames, rng)
         prompt = self._prompt_kind(rng)
         frames = self._frames(source, item.video_id)
         try:
@@ -509,21 +529,22 @@ class SampleBuilder:
             clip = frames.get(window, self._size(frames, self.data.clip_size))
         finally:
             frames.close()
-        expressions = [item.expression, *self._companions(record, item, int(window[0]), rng)]
+        expressions = [item.expression, *self._companions(record, item, int(window[at]), rng)]
         masks = [_resize(np.stack([record.target_mask(e, int(t)).astype(np.uint8) for t in window]), clip.shape[1:3],
                          Image.NEAREST) for e in expressions]
         prompts = [prompt, *(self._prompt_kind(rng) for _ in expressions[1:])]
-        kept = [k for k, m in enumerate(masks) if m[0].any()]
+        kept = [k for k, m in enumerate(masks) if m[at].any()]
         if not kept or kept[0] != 0:
             return None
         conditioning = np.zeros(len(window), dtype=np.uint8)
         if self.data.clip_cond_frames > 1:  # no draw otherwise: one-prompt runs sample as they always did
             extra = int(rng.integers(0, self.data.clip_cond_frames))
-            conditioning[1 + rng.choice(len(window) - 1, size=extra, replace=False)] = 1
+            others = np.array([t for t in range(len(window)) if t != at])
+            conditioning[rng.choice(others, size=extra, replace=False)] = 1
         return {"index": index, "task": "clip", "source": source.name, "video_id": item.video_id,
                 "expression": item.expression.text, "template": 0, "clip_frames": clip,
                 "clip_masks": np.stack([masks[k] for k in kept]), "prompt": ",".join(prompts[k] for k in kept),
-                "clip_cond": conditioning}
+                "clip_cond": conditioning, "clip_prompt_frame": at}
 
     def _prompt_kind(self, rng: np.random.Generator) -> str:
         kinds = sorted(self.data.clip_prompts)

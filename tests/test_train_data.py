@@ -17,6 +17,7 @@ from pipelines.synthetic import COLOURS
 from pipelines.train_config import SampleConfig
 from pipelines.train_data import (
     SampleBuilder,
+    clip_window_around,
     fitted_size,
     keyframe_window,
     lowres_indices,
@@ -257,3 +258,44 @@ def test_clips_draw_extra_conditioning_frames_without_changing_their_content(cor
         SampleConfig(clip_frames=5, clip_cond_frames=6)
     with pytest.raises(ValueError, match=r"data.clip_cond_frames must be in \[1, data.clip_frames = 8\], got 0"):
         SampleConfig(clip_cond_frames=0)
+
+
+
+def test_a_window_around_a_visible_frame_keeps_the_prompt_inside_and_reaches_before_the_object_entered() -> None:
+    present = np.zeros(40, dtype=bool)
+    present[25:35] = True  # enters at 25, leaves after 34
+    rng = np.random.default_rng(0)
+    draws = [clip_window_around(present, 8, rng) for _ in range(400)]
+    for window, at in draws:
+        assert np.array_equal(window, np.arange(window[0], window[0] + 8)) and 0 <= window[0] <= 32
+        assert present[window[at]]
+    prompts = {int(window[at]) for window, at in draws}
+    assert prompts == set(range(25, 35))  # every visible frame gets the prompt
+    assert {at for _, at in draws} == set(range(8))  # anywhere in the clip
+    assert any(not present[window[0]] for window, _ in draws)  # frames before the object entered, tracked backward
+    short, at = clip_window_around(present[:30], 40, rng)  # a video shorter than the clip repeats its last frame
+    assert np.array_equal(short, np.minimum(np.arange(40), 29)) and present[short[at]]
+
+
+def test_clips_prompted_on_any_visible_frame(corpus: Path, ray_local: None) -> None:
+    """``clip_prompt_frame: any``: each clip names its prompt frame, where every kept object is visible, and no
+    conditioning frame falls on it; ``first`` rows keep the prompt on frame 0."""
+    import ray
+
+    catalog = ray.put(read_catalog(tiny_config(corpus)))
+    overrides = ("data.clip_frames=6", "data.clip_objects=2", "data.clip_cond_frames=3")
+    anywhere = SampleBuilder([catalog], tiny_config(corpus, *overrides, "data.clip_prompt_frame=any").data, seed=5,
+                             objective="sam2_tracking")
+    first = SampleBuilder([catalog], tiny_config(corpus, *overrides).data, seed=5, objective="sam2_tracking")
+    positions = []
+    for i in range(24):
+        row = anywhere({"index": i})
+        if row["task"] != "clip":
+            continue
+        at = row["clip_prompt_frame"]
+        positions.append(at)
+        assert all(masks[at].any() for masks in row["clip_masks"]) and row["clip_cond"][at] == 0
+        assert first({"index": i})["clip_prompt_frame"] == 0
+    assert len(set(positions)) >= 3, positions
+    with pytest.raises(ValueError, match=r"data.clip_prompt_frame must be one of \['first', 'any'\], got 'middle'"):
+        SampleConfig(clip_prompt_frame="middle")
