@@ -19,9 +19,10 @@ test: env lint
 bench: env
 	for b in $(filter-out benches/evidence.py benches/tracker_quality.py benches/label_quality.py,$(wildcard benches/*.py)); do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
-# The shipped procedural model from nothing: training corpora, SAM2 prompt and tracking stages, static and joint stages, release with
+# The shipped procedural model from nothing: training corpora, SAM2 prompt and tracking stages, static and joint stages, the
+# tracker's refinement (12-frame clips, conditioning frames, image encoder frozen), release with
 # training record, loss curves, held-out evaluation, model card and track calibration (models/procedural/). 45 min budget on 2 cores.
-MODEL_STAGES = configs/train/procedural_prompts.yaml configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml
+MODEL_STAGES = configs/train/procedural_prompts.yaml configs/train/procedural_sam2.yaml configs/train/procedural_refer.yaml configs/train/procedural_joint.yaml configs/train/procedural_tracker.yaml
 model: env
 	$(eval STARTED := $(shell date +%s))
 	rm -rf data/procedural_train data/procedural_refer runs/procedural
@@ -31,6 +32,7 @@ model: env
 	.venv/bin/vrseg train --config configs/train/procedural_sam2.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_refer.yaml
 	.venv/bin/vrseg train --config configs/train/procedural_joint.yaml
+	.venv/bin/vrseg train --config configs/train/procedural_tracker.yaml
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED)
 	.venv/bin/python benches/evidence.py --config configs/label/default.yaml | tee runs/procedural/evaluation.txt
 	.venv/bin/python -m pipelines.model_release --stages $(MODEL_STAGES) --out models/procedural --started $(STARTED) \

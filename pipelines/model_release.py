@@ -173,8 +173,9 @@ Loss curves: `{CURVES_FILE}`; configurations, seeds, histories and versions: `{R
 It knows only the procedural world: 5 shapes, 8 colours, 240x320 frames of flat colours, the synthetic grammar
 of expressions and grounding queries. Real videos, other words or other frame sizes are out of its world. SAM2
 runs at 256 px, so mask boundaries are coarse (upsampled from 64x64 logits). Expressions that name a shape alone
-("the diamond") are its weakest static ones; its SAM2 tracker, trained on 6-frame clips, drifts over longer
-videos, so it labels with `one_token_seg_all` (every frame decoded from the `[SEG]` prompt) rather than BAP.
+("the diamond") are its weakest static ones; its SAM2 tracker (trained on 6-frame clips, then refined on 12-frame
+clips with conditioning frames and prompts anywhere in the clip) still drifts over 32-64 frames, so it labels with
+`one_token_seg_all` (every frame decoded from the `[SEG]` prompt) rather than BAP.
 """
 
 

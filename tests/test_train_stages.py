@@ -70,7 +70,8 @@ def _resumes_exactly(config: TrainConfig, whole: list[dict[str, float]], resumed
 def test_the_procedural_recipe_chains_each_stage_from_the_previous_export() -> None:
     stages = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("MODEL_STAGES"))
     configs = [load_train_config(ROOT / path) for path in stages.split("=", 1)[1].split()]
-    assert [c.name for c in configs] == ["procedural-prompts", "procedural-sam2", "procedural-refer", "procedural-joint"]
+    assert [c.name for c in configs] == ["procedural-prompts", "procedural-sam2", "procedural-refer", "procedural-joint",
+                                         "procedural-tracker"]
     assert configs[0].model_config == "configs/model/procedural.yaml"
     for previous, stage in zip(configs, configs[1:], strict=False):
         assert stage.model_config == f"{previous.storage_path}/{previous.name}/model/model.yaml", stage.name
@@ -78,6 +79,9 @@ def test_the_procedural_recipe_chains_each_stage_from_the_previous_export() -> N
     assert prompts.objective == tracking.objective == "sam2_tracking"
     assert prompts.data.clip_frames == 1 and prompts.data.clip_prompts["mask"] == 0
     assert tracking.data.clip_frames > 1 and tracking.data.clip_prompts["mask"] > 0
+    refined = configs[-1]  # the tracker again, after the stages that trained the prompted path on its image features
+    assert refined.objective == "sam2_tracking" and refined.sam2_frozen == ["image_encoder"]
+    assert refined.data.clip_frames > tracking.data.clip_frames and refined.data.clip_cond_frames > 1
 
 
 def test_sam2_frozen_keeps_named_modules_while_the_tracker_trains(corpus: Path) -> None:
