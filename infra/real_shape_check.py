@@ -26,15 +26,16 @@ The check (``python infra/real_shape_check.py``, ``make real-shape-check``), eac
 ``nice 19`` (``RAY_ADDRESS=local``) whose wall time and peak RSS (its whole process tree, Ray workers included)
 are printed, in a directory under /tmp deleted at the end (``--keep`` keeps it): write the Qwen directory and
 the SAM2.1-L checkpoint; a one-video corpus (16 frames of 640x360, 2 expressions); build each model through its
-shipped labeling config in the shipped dtype (bfloat16); write the Sa2VA directory; then, in float32 (this CPU
-has no bfloat16 matrix units: a bfloat16 matmul ran ~100x slower than float32 here), ``vrseg label`` with
+shipped labeling config in the shipped dtype (bfloat16); write the Sa2VA directory; then, in the compute dtype
+``compute_dtype`` measures (the shipped bfloat16 where this CPU multiplies it faster than float32, as CPUs with
+AMX / AVX-512 BF16 do; else float32: without them a bfloat16 matmul ran ~100x slower), ``vrseg label`` with
 ``configs/label/qwen2_5vl-3b_sam2.1-l.yaml``, the MLLM's per-component times, 2 steps of ``vrseg train
 --config configs/train/joint_3b.yaml`` (one step with a checkpoint, then a second run that must resume from
 it), ``vrseg label`` with the Sa2VA config; then ``benches/expression_amortization_real.py`` (SAM2.1-L parts,
 vrseg beside the stock predictor) and the tiny model's P1 (``benches/expression_amortization.py``). It ends
 with the per-stage table, the per-component times, P1 at real sizes for 8 expressions projected from them
-beside the tiny model's measured P1, and ``RESULT {json}``. A float32 stage waits (up to ``MEMORY_WAIT_S``)
-for ``MODEL_STAGE_GB`` of available memory, and every stage asks the OOM killer to take it first: on a shared
+beside the tiny model's measured P1, and ``RESULT {json}``. A stage running the 3B waits (up to ``MEMORY_WAIT_S``)
+for ``MODEL_STAGE_GB`` of available memory in its compute dtype, and every stage asks the OOM killer to take it first: on a shared
 machine the check, not the other work, gives way.
 """
 
@@ -374,16 +375,16 @@ LABEL_SA2VA = "configs/label/sa2va-qwen2_5vl-3b.yaml"
 TRAIN_3B = "configs/train/joint_3b.yaml"
 # The 8 expressions the projection is for (issue 13); the labeled video carries the first ``EXPRESSIONS``.
 PROJECTED_EXPRESSIONS = 8
-# Memory a stage holding the 3B in float32 needs (15 GB of weights, activations, SAM2, Ray), and how long to
+# Memory a stage running the 3B needs in each compute dtype (weights 15 GB in float32, 7.5 GB in bfloat16;
+# activations, SAM2, Ray; training: LoRA r128's float32 parameters, gradients and AdamW moments), and how long to
 # wait for it on a shared machine.
-MODEL_STAGE_GB = 17.0
+MODEL_STAGE_GB = {"float32": 17.0, "bfloat16": 12.0}
 LOAD_STAGE_GB = 10.0  # the 3B in its shipped bfloat16 and SAM2
 MEMORY_WAIT_S = 1200
 EXPRESSIONS = 2
 VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH = 16, 360, 640
-# CPU runs: float32 (bfloat16 matmuls run ~100x slower on this CPU, which has no AVX-512 BF16), pools sized for
-# 2 CPUs without GPUs.
-CPU_MODEL_OVERRIDES = ("mllm.dtype=float32",)
+DTYPE_FILE = "compute_dtype.txt"  # the parent's measured choice, read by every stage
+# Pools sized for 2 CPUs without GPUs.
 CPU_POOLS = (
     "pools.decode.size=1", "pools.decode.num_cpus=0.1",
     "pools.mllm.num_gpus=0", "pools.mllm.num_cpus=0.8", "pools.mllm.torch_threads=2",
@@ -462,6 +463,32 @@ def run_stage(name: str, command: list[str], log: Path, needed_gb: float = 0.0) 
     print(f"   {name}: {seconds:.0f} s, peak RSS {peak_tree:.0f} MiB (largest process {peak_process:.0f} MiB) "
           f"{json.dumps(output) if output else ''}", flush=True)
     return StageRun(round(seconds, 1), round(peak_tree, 1), round(peak_process, 1), output)
+
+
+def compute_dtype(size: int = 1024, repeats: int = 5) -> str:
+    """``bfloat16`` (the shipped dtype) when this CPU multiplies two ``size`` x ``size`` bfloat16 matrices
+    faster than float32 ones (one thread, best of ``repeats``), else ``float32``."""
+    seconds: dict[str, float] = {}
+    with torch.inference_mode():
+        for name in ("float32", "bfloat16"):
+            a = torch.randn(size, size).to(getattr(torch, name))
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                a @ a
+                times.append(time.perf_counter() - started)
+            seconds[name] = min(times)
+    return "bfloat16" if seconds["bfloat16"] < seconds["float32"] else "float32"
+
+
+def model_dtype(root: Path) -> list[str]:
+    """The model override of the check's compute dtype (written by the parent into ``root``)."""
+    return [f"mllm.dtype={(root / DTYPE_FILE).read_text().strip()}"]
+
+
+def model_stage_gb(root: Path) -> float:
+    """``MODEL_STAGE_GB`` of the check's compute dtype."""
+    return MODEL_STAGE_GB[(root / DTYPE_FILE).read_text().strip()]
 
 
 def python_stage(stage: str, root: Path) -> list[str]:
@@ -544,7 +571,7 @@ def stage_mllm_components(root: Path) -> dict[str, Any]:
     label = load_config(LabelConfig, ROOT / LABEL_QWEN)
     engine = label.engine
     config = read_model_config(label.model.uri(), [*label.model.all_overrides(), *weight_overrides(root),
-                                                   *CPU_MODEL_OVERRIDES])
+                                                   *model_dtype(root)])
     loading = time.perf_counter()
     mllm = build_model(config).eval().mllm
     load_seconds = time.perf_counter() - loading
@@ -619,7 +646,7 @@ STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
 # ---------------------------------------------------------------------------------------- commands (parent)
 def label_command(root: Path, config: str, output: str, weights: list[str]) -> list[str]:
     """``vrseg label`` of the manifest with the shipped ``config``, ``weights`` as model overrides, CPU pools."""
-    model = "model.overrides=[" + ",".join([*weights, *CPU_MODEL_OVERRIDES]) + "]"
+    model = "model.overrides=[" + ",".join([*weights, *model_dtype(root)]) + "]"
     return [str(VRSEG), "label", "--manifest", str(root / "manifest.jsonl"), "--output", str(root / output),
             "--config", config, "--no-progress", model, *CPU_POOLS]
 
@@ -630,7 +657,7 @@ def train_command(root: Path, max_steps: int) -> list[str]:
     through its Charades-STA file: the corpus has neither layout)."""
     corpus, videos = root / "corpus", root / "corpus" / "videos"
     model = "model_overrides=[" + ",".join(
-        ["mllm.lora.rank=128", "mllm.lora.alpha=256", *weight_overrides(root), *CPU_MODEL_OVERRIDES]) + "]"
+        ["mllm.lora.rank=128", "mllm.lora.alpha=256", *weight_overrides(root), *model_dtype(root)]) + "]"
     sources = [
         f"sources.mevis.uri={corpus}", f"sources.mevis.videos_uri={videos}",
         f"sources.revos.uri={corpus}", f"sources.revos.videos_uri={videos}",
@@ -644,7 +671,7 @@ def train_command(root: Path, max_steps: int) -> list[str]:
         f"max_steps={max_steps}", "num_workers=1", "checkpoint_every=1", f"storage_path={root / 'runs'}",
         f"export_uri={root / 'export'}", "data.lowres_frames=8", "data.key_frames=2", "data.keyframe_size=[224,224]",
         "data.decode_actors=1", "data.cpus_per_actor=0.5", "optim.batch_size=1", "optim.warmup_steps=1",
-        "scaling.use_gpu=false", "scaling.cpus_per_worker=1", "scaling.torch_threads=2", "scaling.bf16=false",
+        "scaling.use_gpu=false", "scaling.cpus_per_worker=1", "scaling.torch_threads=2",
     ]
     return [str(VRSEG), "train", "--config", TRAIN_3B, model, *sources, *reduced]
 
@@ -684,22 +711,25 @@ def projected_p1(mllm: dict[str, Any], sam2: dict[str, Any], frames: int, key_fr
 def run_check(root: Path, log: Path) -> dict[str, Any]:
     """Every stage in order (module docstring); the figures."""
     runs: dict[str, StageRun] = {}
+    dtype = compute_dtype()
+    (root / DTYPE_FILE).write_text(dtype)
+    print(f"compute dtype: {dtype}", flush=True)
     runs["write_qwen"] = run_stage("write_qwen", python_stage("write_qwen", root), log)
     runs["corpus"] = run_stage("corpus", python_stage("corpus", root), log)
     runs["load_qwen"] = run_stage("load_qwen", python_stage("load_qwen", root), log, LOAD_STAGE_GB)
     runs["write_sa2va"] = run_stage("write_sa2va", python_stage("write_sa2va", root), log)
     runs["load_sa2va"] = run_stage("load_sa2va", python_stage("load_sa2va", root), log, LOAD_STAGE_GB)
-    runs["label_qwen"] = run_stage("label_qwen", label_command(root, LABEL_QWEN, "labels_qwen", weight_overrides(root)), log, MODEL_STAGE_GB)
-    runs["mllm_components"] = run_stage("mllm_components", python_stage("mllm_components", root), log, MODEL_STAGE_GB)
-    runs["train_step_1"] = run_stage("train_step_1", train_command(root, 1), log, MODEL_STAGE_GB)
+    runs["label_qwen"] = run_stage("label_qwen", label_command(root, LABEL_QWEN, "labels_qwen", weight_overrides(root)), log, model_stage_gb(root))
+    runs["mllm_components"] = run_stage("mllm_components", python_stage("mllm_components", root), log, model_stage_gb(root))
+    runs["train_step_1"] = run_stage("train_step_1", train_command(root, 1), log, model_stage_gb(root))
     shutil.rmtree(root / "export", ignore_errors=True)
-    runs["train_resume_step_2"] = run_stage("train_resume_step_2", train_command(root, 2), log, MODEL_STAGE_GB)
+    runs["train_resume_step_2"] = run_stage("train_resume_step_2", train_command(root, 2), log, model_stage_gb(root))
     resumed = "resumed from" in log.read_text().split("== train_resume_step_2")[-1]
     if not resumed:
         raise RuntimeError(f"the second training run did not resume from the first one's checkpoint; see {log}")
     shutil.rmtree(root / "export", ignore_errors=True)
     runs["label_sa2va"] = run_stage("label_sa2va", label_command(root, LABEL_SA2VA, "labels_sa2va", sa2va_overrides(root)),
-                                    log, MODEL_STAGE_GB)
+                                    log, model_stage_gb(root))
     shutil.rmtree(root / SA2VA_DIR)
     shutil.rmtree(root / QWEN_DIR)
     runs["sam2_bench"] = run_stage("sam2_bench", bench_command("expression_amortization_real.py"), log)
@@ -718,6 +748,7 @@ def run_check(root: Path, log: Path) -> dict[str, Any]:
         "sam2_bench": sam2,
         "projection_8_expressions": projection,
         "tiny_p1": tiny["ratio"],
+        "compute_dtype": dtype,
     }
 
 
@@ -755,7 +786,7 @@ def print_summary(figures: dict[str, Any]) -> None:
     for name, stage in figures["stages"].items():
         print(f"{name:<24} {stage['seconds']:>7.0f}   {stage['peak_rss_mb']:>8.0f} ({stage['largest_process_mb']:.0f})")
     mllm, sam2, p1 = figures["mllm_components_s"], figures["sam2_bench"], figures["projection_8_expressions"]
-    print(f"\nMLLM (3B, float32, CPU s of one thread): [FIND] vision tower {mllm['find_vision_s']} "
+    print(f"\nMLLM (3B, {figures['compute_dtype']}, CPU s of one thread): [FIND] vision tower {mllm['find_vision_s']} "
           f"({mllm['find_video_tokens']} video tokens), video prefix {mllm['find_prefix_s']}, per-expression suffix "
           f"{mllm['find_suffix_s']}; [SEG] vision tower {mllm['seg_vision_s']} ({mllm['seg_image_tokens']} image "
           f"tokens), prefix {mllm['seg_prefix_s']}, suffix {mllm['seg_suffix_s']}")

@@ -205,7 +205,29 @@ def training_network(model: SegModel, model_config: ModelConfig, config: TrainCo
             getattr(model.sam2.sam, name).requires_grad_(False)
         return Sam2TrackingObjective(model.sam2, model_config.tracking_losses).train()
     model.enable_training(config.mode)
+    keep_trainable_in_float32(model)
     return model
+
+
+def keep_trainable_in_float32(network: torch.nn.Module) -> None:
+    """Mixed precision: every trainable parameter held in float32 (the optimizer's master copy) over a
+    backbone loaded in bfloat16/float16, which ``autocast_dtype`` then runs under autocast. AdamW steps on half
+    parameters are lost to rounding (an update below 2^-8 of a bfloat16 weight leaves it unchanged); the
+    frozen weights keep their half dtype and memory."""
+    for parameter in network.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
+def autocast_dtype(model_config: ModelConfig, config: TrainConfig) -> torch.dtype | None:
+    """The dtype the training forward autocasts to: the backbone's when it is loaded in half precision (on
+    any device: its frozen weights meet ``keep_trainable_in_float32``'s float32 ones), bfloat16 for a
+    float32 backbone on GPU with ``scaling.bf16``, else none."""
+    if model_config.mllm.dtype != "float32":
+        return getattr(torch, model_config.mllm.dtype)
+    if config.scaling.use_gpu and config.scaling.bf16:
+        return torch.bfloat16
+    return None
 
 
 class ParallelModel:
@@ -323,8 +345,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         parallel.load_optimizer_state(optimizer, optimizer_state)
         scheduler.load_state_dict(scheduler_state)
     device = ray.train.torch.get_device()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=config.scaling.use_gpu and config.scaling.bf16)
+    half = autocast_dtype(model_config, config)
+    autocast = torch.autocast(device_type=device.type, dtype=half or torch.bfloat16, enabled=half is not None)
     trainable = [p for p in parallel.wrapped.parameters() if p.requires_grad]
     accum = config.optim.grad_accum
     started = time.perf_counter()

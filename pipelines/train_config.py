@@ -216,7 +216,9 @@ class ScalingSection:
 
     ``cpus_per_worker`` is what each training worker reserves; keep it below the node's CPUs so the
     decode actors of Ray Data get theirs (the trainer must not starve the data pipeline).
-    ``bf16``: autocast to bfloat16 (GPU only; ignored on CPU). ``torch_threads``: intra-op threads of each
+    ``bf16``: autocast a float32 backbone to bfloat16 (GPU only; ignored on CPU). A backbone loaded in
+    half precision (``mllm.dtype``) always runs under autocast, trainable parameters in float32
+    (``pipelines.train.keep_trainable_in_float32``). ``torch_threads``: intra-op threads of each
     worker's torch (None: ``max(1, int(cpus_per_worker))``).
     """
 

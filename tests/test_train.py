@@ -14,15 +14,18 @@ from train_corpus import tiny_config, write_train_corpus
 
 from actors.config import ConfigError
 from actors.model.checkpoints import build_model, load_exported
+from actors.model.segmllm import TrainSample
 from pipelines.train import (
     LOSS_PARTS,
     STEP_PREFIX,
+    autocast_dtype,
     checkpoint_files,
     latest_checkpoint,
     learning_rate_factor,
     make_optimizer,
     parse_state,
     run_training,
+    training_network,
 )
 from pipelines.train_config import load_model_config
 
@@ -60,6 +63,44 @@ def test_backbone_trains_at_its_fraction_of_the_learning_rate(corpus: Path) -> N
     assert len(single.param_groups) == 1 and {id(p) for p in single.param_groups[0]["params"]} == trainable
     with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be in \(0, 1\]"):
         tiny_config(corpus, "optim.backbone_lr_scale=0")
+
+
+def test_a_half_precision_backbone_trains_float32_master_weights_under_autocast(corpus: Path) -> None:
+    """A bfloat16 backbone (the real configs' ``mllm.dtype``): the frozen weights stay bfloat16, every trainable
+    parameter is float32, the forward autocasts to bfloat16, and a small AdamW step changes the ``[FIND]``
+    head where most of the same update, applied to bfloat16 weights, would round away."""
+    config = tiny_config(corpus, "model_overrides=[mllm.dtype=bfloat16]", "optim.lr=1e-4", "optim.warmup_steps=0")
+    model_config = load_model_config(config)
+    model = build_model(model_config)
+    network = training_network(model, model_config, config)
+    trainable = {n: p for n, p in network.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    frozen = [p for n, p in network.named_parameters() if not p.requires_grad and n.startswith("mllm.qwen.")]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert autocast_dtype(model_config, config) == torch.bfloat16
+    assert autocast_dtype(load_model_config(tiny_config(corpus)), tiny_config(corpus)) is None  # float32 on CPU
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 56, 56, 3), dtype=np.uint8)
+    key_frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    masks = torch.zeros(2, 64, 64)
+    masks[:, 10:40, 20:50] = 1
+    samples = [TrainSample("red circle", frames, key_frames=key_frames, masks=masks),
+               TrainSample("blue square", frames, frame_labels=torch.tensor([0, 0, 1, 1, 1, 0.0]),
+                           frame_valid=torch.ones(6, dtype=torch.bool))]
+    optimizer, _ = make_optimizer(network, config)
+    head = network.mllm.find_head
+    before = [p.detach().clone() for p in head.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = network.forward_train(samples)
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts["loss"].backward()
+    optimizer.step()
+    updates = [(p.detach() - b) for p, b in zip(head.parameters(), before, strict=True)]
+    moved = sum(int((u != 0).sum()) for u in updates)
+    total = sum(u.numel() for u in updates)
+    assert moved > 0.9 * total
+    kept_in_bfloat16 = sum(int(((b.bfloat16() + u.bfloat16()) != b.bfloat16()).sum()) for b, u in zip(before, updates, strict=True))
+    assert kept_in_bfloat16 < 0.5 * moved
 
 
 def test_resume_picks_the_newest_complete_checkpoint(corpus: Path, tmp_path: Path) -> None:
