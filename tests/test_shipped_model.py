@@ -40,6 +40,10 @@ STATIC_J = 0.5
 TRACK_J = 0.35
 TRACK_RIGHT = 0.4
 RIGHT_OBJECT = 0.8
+# The shipped weights run in bfloat16 (the real configs' dtype) against float32 on this split: mean J change and mean
+# per-frame IoU between the two labelings, measured 0.0001 and 0.998 (issue 13)
+BFLOAT16_J_CHANGE = 0.02
+BFLOAT16_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,24 @@ def test_static_expressions_are_segmented(heldout: tuple[Path, Dataset],
             for video_id, record in dataset.videos.items() for e in static(record)]
     assert len(rows) >= 5
     assert np.mean([row["J"] for row in rows]) >= STATIC_J, rows
+
+
+def test_in_bfloat16_the_real_configs_dtype_it_segments_as_in_float32(heldout: tuple[Path, Dataset],
+                                                                     labeled: dict[str, VideoMasksInMemory]) -> None:
+    """The real model configs load the backbone in bfloat16 (``mllm.dtype``): the same weights labeled that way
+    reach the same static J and the same objects, frame by frame, as in float32."""
+    _, dataset = heldout
+    half = label_static(heldout, ["model.overrides=[mllm.dtype=bfloat16]"])
+    pairs = [(score_refvos_expression(record, e, half[video_id])["J"],
+              score_refvos_expression(record, e, labeled[video_id])["J"])
+             for video_id, record in dataset.videos.items() for e in static(record)]
+    assert np.mean([h for h, _ in pairs]) >= STATIC_J, pairs
+    assert abs(np.mean([h - f for h, f in pairs])) <= BFLOAT16_J_CHANGE, pairs
+    agreement = [metrics.jaccard_per_frame(
+        np.stack([half[v].mask(v, e.expr_id, t) for t in range(len(record.frame_names))]),
+        np.stack([labeled[v].mask(v, e.expr_id, t) for t in range(len(record.frame_names))]), None).mean()
+        for v, record in dataset.videos.items() for e in static(record)]
+    assert np.mean(agreement) >= BFLOAT16_AGREEMENT, agreement
 
 
 def right_object_rate(dataset: Dataset, stores: dict[str, VideoMasksInMemory]) -> float:
