@@ -43,6 +43,7 @@ model: env
 # Issue 13, not in CI: Qwen2.5-VL-3B-Instruct, SAM2.1 hiera-L and Sa2VA-Qwen2.5-VL-3B written with random weights in
 # their published layouts (under /tmp, deleted at the end), loaded through the shipped configs: vrseg label with both
 # label configs, 2 vrseg train steps of joint_3b (checkpoint written, then resumed), per-component times, P1 at real
-# sizes (infra/real_shape_check.py). Needs 17 GiB of available memory (it waits up to 20 min for it) and 32 GB of disk.
+# sizes (infra/real_shape_check.py). Runs the 3B in bfloat16 where the CPU multiplies it faster (AMX), else float32;
+# needs 12 GiB (bfloat16) or 17 GiB (float32) of available memory (it waits up to 20 min for it) and 32 GB of disk.
 real-shape-check: env
 	nice -n 19 .venv/bin/python infra/real_shape_check.py
