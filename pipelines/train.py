@@ -16,7 +16,8 @@ dataset, and runs a ``TorchTrainer`` whose workers each run ``train_loop``:
   ``use_orig_params`` (LoRA: only some parameters of a flattened group train);
 - each worker reads its shard (``ray.train.get_dataset_shard``) in micro-batches of ``optim.batch_size``;
   ``optim.grad_accum`` micro-batches (gradient sync only on the last) make one AdamW step with gradient-
-  norm clipping and a linear-warmup + cosine schedule; bf16 autocast on GPU only;
+  norm clipping and a linear-warmup + cosine schedule; autocast to a half-precision backbone's dtype (with
+  float32 trainable parameters, ``keep_trainable_in_float32``), or to bf16 on GPU with ``scaling.bf16``;
 - loss parts (``SegModel.forward_train``: ``lm``, ``find``, ``mask_bce``, ``mask_dice``, ...; the tracking
   objective's ``track_focal``, ``track_dice``, ``track_iou``, ``track_object``) weighted by the model
   config's ``losses`` / SAM2's training weights are averaged over micro-batches and workers and kept per
